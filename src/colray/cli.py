@@ -1,0 +1,267 @@
+"""The `colray` command: ingest, query, demo and models.
+
+Exit codes: 0 success, 1 the run failed, 2 bad configuration (nothing was written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from colray.config import API_KEY_ENV, ConfigError, Settings, load_settings
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+CONFIG_HELP = f"""\
+configuration:
+  A job is one YAML file with four sections (source, embed, sink, run). Any key can be
+  overridden by an environment variable COLRAY_<SECTION>__<KEY> (e.g. COLRAY_SINK__PATH)
+  and by --set section.key=value, which wins over both. The Qdrant API key is read only
+  from {API_KEY_ENV} or sink.api_key_file, never from the YAML or the command line.
+"""
+
+INGEST_EXAMPLE = """\
+example:
+  # configs/stdlib-minilm-edge.yaml
+  source:
+    path: data/docs/          # a Parquet file, a directory, a glob or a URI
+    format: parquet           # or hf: a save_to_disk dir, a parquet export, a Hub id
+    text_column: text
+    id_column: doc_id         # optional; stable point ids across re-runs
+    payload_columns: [title]
+  embed:
+    model: minilm-token       # see `colray models`
+  sink:
+    kind: edge                # embedded Qdrant Edge; or qdrant (url: or path:)
+    path: .colray/store
+
+  colray ingest --config job.yaml --set embed.batch_size=64 --report report.json
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"colray: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("colray: interrupted", file=sys.stderr)
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="colray",
+        formatter_class=formatter,
+        description=textwrap.dedent(
+            """\
+            Turn Parquet files and Hugging Face datasets into late-interaction search
+            indexes: one vector per token (ColBERT-style), embedded on Ray actors and
+            streamed into Qdrant (embedded Qdrant Edge or a Qdrant server).
+
+            Start with `colray demo`, then write a job config (see `colray ingest --help`).
+            """
+        ),
+        epilog=CONFIG_HELP,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ingest = sub.add_parser(
+        "ingest",
+        help="embed a dataset and load it into Qdrant",
+        formatter_class=formatter,
+        description="Read the source in shards, embed every row on Ray actors, upsert the "
+        "multivectors with indexing off, then switch indexing on and wait until the "
+        "collection is ready. Re-running the same job overwrites the same points.",
+        epilog=INGEST_EXAMPLE + "\n" + CONFIG_HELP,
+    )
+    _add_config_args(ingest)
+    ingest.add_argument(
+        "--report", metavar="PATH", help="where to write the JSON run report "
+        "(default: <run.dir>/<run id>/report.json)"
+    )
+    ingest.set_defaults(handler=_cmd_ingest)
+
+    query = sub.add_parser(
+        "query",
+        help="search a collection with a text query",
+        formatter_class=formatter,
+        description="Embed TEXT with the job's model and return the best matches by MaxSim.",
+        epilog='example:\n  colray query --config job.yaml --limit 5 "read zip archives"\n'
+        "  colray query --config job.yaml --json \"parse arguments\" | jq '.[0].payload'",
+    )
+    _add_config_args(query)
+    query.add_argument("--limit", type=int, default=5, metavar="K", help="results (default 5)")
+    query.add_argument(
+        "--json", action="store_true", help="print a JSON list of {id, score, payload}"
+    )
+    query.add_argument("text", metavar="TEXT", help="the query")
+    query.set_defaults(handler=_cmd_query)
+
+    demo = sub.add_parser(
+        "demo",
+        help="ingest the shipped demo corpus and run example searches",
+        formatter_class=formatter,
+        description="Embeds the module docstrings of Python's standard library (shipped with "
+        "colray) into an embedded Qdrant Edge store and prints the top hits for a few "
+        "queries. Needs no network, server or GPU.",
+    )
+    demo.add_argument(
+        "--dir", default=".colray/demo", help="where the demo keeps its store and runs"
+    )
+    demo.add_argument("--limit", type=int, default=3, help="hits shown per query")
+    demo.add_argument("queries", nargs="*", metavar="QUERY", help="your own queries")
+    demo.set_defaults(handler=_cmd_demo)
+
+    models = sub.add_parser(
+        "models",
+        help="list the models colray knows by name",
+        description="Registered models with kind, vector size and where the weights come "
+        "from. embed.model also accepts a local model directory or a Hub id.",
+    )
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(handler=_cmd_models)
+    return parser
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", metavar="FILE", required=True, help="job YAML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set sink.path=/data/store (repeatable)",
+    )
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, args.overrides)
+    return _ingest(settings, args.report)
+
+
+def _ingest(settings: Settings, report_path: str | None) -> int:
+    from colray.pipeline import LostRowsError, run_ingest
+    from colray.sink import SinkError
+
+    try:
+        report = run_ingest(settings, report_path)
+    except SinkError as exc:
+        print(f"colray: sink: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LostRowsError as exc:
+        print(f"colray: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"ingested {report.points_written} points from {report.rows_read} rows "
+        f"({report.dead_lettered} dead-lettered) in {report.duration_s:.1f}s; "
+        f"store holds {report.points_in_store} points\nreport: {report.report_path}",
+        file=sys.stderr,
+    )
+    if report.dead_lettered:
+        print(f"dead letters: {report.dead_letter_path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, args.overrides)
+    hits = search(settings, args.text, limit=args.limit)
+    if args.json:
+        print(json.dumps([{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits], indent=2))
+        return 0
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank:>2}. {hit['score']:8.3f}  {_summary(hit['payload'])}")
+    return 0
+
+
+def search(settings: Settings, text: str, *, limit: int) -> list[dict[str, Any]]:
+    """Embed `text` with the job's model and query the job's sink; no Ray needed."""
+    from colray.embed import load_embedder
+    from colray.pipeline import layout_for
+    from colray.sink import SinkError, open_sink
+
+    embedder = load_embedder(settings.embed)
+    sink = open_sink(settings.sink, layout_for(settings.embed, embedder))
+    try:
+        sink.open_for_reading()
+        hits = sink.query(embedder.embed_query(text), using=settings.embed.vector_name, limit=limit)
+    except SinkError as exc:
+        raise ConfigError([f"sink: {exc}"]) from None
+    finally:
+        sink.close()
+    return [{"id": h.id, "score": h.score, "payload": h.payload} for h in hits]
+
+
+def _summary(payload: dict[str, Any], width: int = 100) -> str:
+    shown = {k: v for k, v in payload.items() if k != "_colray"}
+    text = "  ".join(f"{k}={v}" for k, v in shown.items()) or json.dumps(payload.get("_colray"))
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from colray.demo import DEMO_QUERIES, demo_corpus_path
+
+    base = Path(args.dir)
+    settings = load_settings(
+        None,
+        base={
+            "source": {
+                "path": str(demo_corpus_path()),
+                "text_column": "text",
+                "id_column": "doc_id",
+                "payload_columns": ["title"],
+                "name": "colray-demo-stdlib-modules",
+            },
+            "embed": {"model": "minilm-token"},
+            # A few hundred documents search faster by brute force than through HNSW
+            # over every token vector, so the demo keeps indexing below its threshold.
+            "sink": {"kind": "edge", "path": str(base / "store"), "indexing_threshold_kb": 200000},
+            "run": {"dir": str(base / "runs")},
+        },
+    )
+    code = _ingest(settings, None)
+    if code:
+        return code
+    for query in args.queries or DEMO_QUERIES:
+        print(f"\nquery: {query}")
+        for rank, hit in enumerate(search(settings, query, limit=args.limit), 1):
+            print(f"  {rank}. {hit['score']:7.3f}  {hit['payload'].get('title')}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from colray.embed import REGISTRY
+
+    rows = [
+        {"name": s.name, "kind": s.kind, "profile": s.profile, "dims": s.dim, "source": s.source}
+        for s in REGISTRY.values()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<28}{'kind':<7}{'profile':<9}{'dims':>5}  source")
+    for r in rows:
+        print(f"{r['name']:<28}{r['kind']:<7}{r['profile']:<9}{r['dims']:>5}  {r['source']}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""Job configuration: one YAML file per job, overridden by COLRAY_* variables and --set flags.
+
+Everything is validated here, before Ray starts; `ConfigError` carries one line per bad field.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "COLRAY_"
+ENV_NESTED_DELIMITER = "__"
+API_KEY_ENV = "COLRAY_SINK__API_KEY"
+
+
+class ConfigError(Exception):
+    """A configuration problem found before any work starts; one message line per problem."""
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Section):
+    """Where rows come from and which columns matter."""
+
+    path: str = Field(
+        description="Parquet file, directory or glob (local path or fsspec/pyarrow URI); for "
+        "format=hf a save_to_disk directory, a local parquet export, or a Hub dataset id."
+    )
+    format: Literal["parquet", "hf"] = "parquet"
+    text_column: str = Field(description="Column holding the text to embed.")
+    id_column: str | None = Field(
+        default=None,
+        description="Column with a stable row key. Without it the key is file + row number.",
+    )
+    payload_columns: list[str] = Field(
+        default_factory=list, description="Columns copied into each point's payload."
+    )
+    name: str | None = Field(
+        default=None,
+        description="Namespace for point ids; defaults to the source path. Set it to keep ids "
+        "stable when the data moves.",
+    )
+    split: str = Field(default="train", description="Split to read for format=hf.")
+    hf_config: str = Field(default="default", description="Hub dataset config (format=hf).")
+    rows_per_block: int = Field(
+        default=1024, gt=0, description="Rows per Ray block produced by the reader."
+    )
+
+
+class EmbedConfig(_Section):
+    """Which model embeds the text and how much compute it gets."""
+
+    model: str = Field(
+        default="minilm-token",
+        description="A name from `colray models`, a local model directory, or a Hub id.",
+    )
+    profile: Literal["token", "colbert"] | None = Field(
+        default=None, description="Token-model recipe; inferred from the model when unset."
+    )
+    vector_name: str = Field(default="text", description="Named vector in Qdrant.")
+    batch_size: int = Field(default=32, gt=0, description="Texts per forward pass.")
+    rows_per_call: int = Field(
+        default=256,
+        gt=0,
+        description="Rows handed to an embedder actor at once; sorted by length and cut "
+        "into forward passes of batch_size.",
+    )
+    num_actors: int = Field(default=1, gt=0, description="Embedder actors.")
+    cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs reserved per actor.")
+    threads_per_actor: int | None = Field(
+        default=None, gt=0, description="Inference threads per actor (default: the node's cores / num_actors)."
+    )
+    num_gpus: float = Field(
+        default=0.0, ge=0, description="GPUs per actor; fractions share a GPU. 0 runs on CPU."
+    )
+    doc_maxlen: int | None = Field(default=None, gt=0, description="Max tokens per document.")
+    query_maxlen: int | None = Field(default=None, gt=0, description="Query length (colbert).")
+    cache_dir: str | None = Field(
+        default=None, description="Where exported ONNX models are cached (~/.cache/colray)."
+    )
+
+    def threads(self) -> int:
+        """Inference threads per actor: as set, else this node's cores shared among actors."""
+        return self.threads_per_actor or max(1, (os.cpu_count() or 1) // self.num_actors)
+
+
+class SinkConfig(_Section):
+    """Where points go: the embedded Qdrant Edge store or a Qdrant server."""
+
+    kind: Literal["edge", "qdrant"] = "edge"
+    path: str | None = Field(
+        default=None,
+        description="edge: the store directory. qdrant: local-mode directory (no server).",
+    )
+    url: str | None = Field(default=None, description="qdrant: the server URL.")
+    api_key: SecretStr | None = Field(
+        default=None,
+        description=f"qdrant: from {API_KEY_ENV} or api_key_file only, never the YAML.",
+    )
+    api_key_file: Path | None = Field(default=None, description="File holding the API key.")
+    collection: str = Field(default="colray", description="Collection name (qdrant).")
+    batch_size: int = Field(default=64, gt=0, description="Points per upsert request.")
+    writers: int = Field(
+        default=1, gt=0, description="Writer actors (qdrant server only; edge uses one)."
+    )
+    prefer_grpc: bool = False
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout.")
+    indexing_threshold_kb: int = Field(
+        default=10000,
+        ge=0,
+        description="Indexing threshold switched on after the load (Qdrant's default 10000).",
+    )
+    ready_timeout_s: float = Field(
+        default=3600.0, gt=0, description="How long to wait for the collection to be ready."
+    )
+    retry_attempts: int = Field(default=5, ge=1, description="Attempts per transient failure.")
+    retry_timeout_s: float = Field(default=120.0, gt=0, description="Retry budget per request.")
+
+    @model_validator(mode="after")
+    def _check_target(self) -> SinkConfig:
+        if self.kind == "edge" and not self.path:
+            raise ValueError("sink.path is required for kind=edge (the store directory)")
+        if self.kind == "qdrant" and bool(self.url) == bool(self.path):
+            raise ValueError("kind=qdrant needs exactly one of sink.url (server) or sink.path")
+        return self
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text().strip()
+        return None
+
+
+class RunConfig(_Section):
+    """Where a run leaves its report and dead letters, and which Ray cluster it uses."""
+
+    dir: str = Field(default=".colray/runs", description="Parent directory of run folders.")
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster to join; unset starts or joins a local one."
+    )
+    progress: bool = Field(default=True, description="Show progress bars.")
+
+
+class Settings(BaseSettings):
+    """A whole job. Precedence: --set > COLRAY_* environment > YAML file > defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    source: SourceConfig
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    sink: SinkConfig
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_layer = InitSettingsSource(settings_cls, init_kwargs=_yaml_layer.get() or {})
+        return (init_settings, env_settings, yaml_layer)
+
+
+# The YAML layer has to sit below the environment, and pydantic-settings only lets a
+# classmethod pick the sources; the loader hands the parsed file over through this.
+_yaml_layer: ContextVar[dict[str, Any] | None] = ContextVar("colray_yaml_layer", default=None)
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None,
+    overrides: Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the job's settings from a YAML file (or `base`), the environment and --set flags."""
+    problems: list[str] = []
+    layer: dict[str, Any] = dict(base or {})
+    if config_path is not None:
+        layer = _deep_merge(layer, _read_yaml(Path(config_path)))
+    if _has_key(layer, ("sink", "api_key")):
+        problems.append(
+            f"sink.api_key: must not be written in a config file; set {API_KEY_ENV} "
+            "or sink.api_key_file"
+        )
+    set_layer: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected dotted.key=value")
+            continue
+        if key.strip() == "sink.api_key":
+            problems.append(
+                f"--set sink.api_key: not accepted on the command line (it would show in "
+                f"process lists and job metadata); set {API_KEY_ENV} or sink.api_key_file"
+            )
+            continue
+        _set_dotted(set_layer, key.strip(), _parse_override(raw))
+    if problems:
+        raise ConfigError(problems)
+    token = _yaml_layer.set(layer)
+    try:
+        return Settings(**set_layer)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    finally:
+        _yaml_layer.reset(token)
+
+
+def _parse_override(raw: str) -> Any:
+    """Scalars stay strings for pydantic to coerce ("001" must not become 1); lists parse."""
+    text = raw.strip()
+    if text[:1] in "[{":
+        return yaml.safe_load(text)
+    if text in {"null", "~"}:
+        return None
+    return text
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError([f"config file {str(path)!r}: not found"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"config file {str(path)!r}: not valid YAML ({exc})"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"config file {str(path)!r}: expected a mapping at the top level"])
+    return data
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in err["loc"]) or "(config)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "missing":
+            message = "required but missing"
+        got = err.get("input")
+        shown = (
+            ""
+            if err["type"] in {"missing", "extra_forbidden"} or isinstance(got, dict | SecretStr)
+            else f" (got {got!r})"
+        )
+        if where.endswith("api_key"):
+            shown = ""
+        lines.append(f"{where}: {message}{shown}")
+    return lines
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        target = target.setdefault(part, {})
+    target[leaf] = value
+
+
+def _has_key(data: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = data
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -1,0 +1,68 @@
+"""`colray demo`: ingest the shipped corpus into an embedded store and show a few searches.
+
+Also builds text corpora from the Python standard library's docstrings, a real and varied
+corpus every machine has (used by the demo data, the tests and the benchmarks).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.resources
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEMO_QUERIES = (
+    "read and write zip archives",
+    "parse command line options and arguments",
+    "send an email message through an SMTP server",
+    "compare two sequences and show their differences",
+)
+
+
+def demo_corpus_path() -> Path:
+    return Path(str(importlib.resources.files("colray") / "data" / "stdlib_modules.parquet"))
+
+
+def stdlib_docstrings(*, modules_only: bool = False, min_chars: int = 40) -> Iterator[dict[str, str]]:
+    """Docstrings of the standard library as rows {doc_id, title, text}, in a stable order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if relative.parts[0] in {"test", "tests", "idlelib", "site-packages", "lib2to3"} or any(
+            part.startswith(("test", "_")) for part in relative.parts
+        ):
+            continue
+        module = ".".join(relative.with_suffix("").parts).removesuffix(".__init__")
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        nodes: list[tuple[str, ast.AST]] = [(module, tree)]
+        if not modules_only:
+            nodes += [
+                (f"{module}.{node.name}", node)
+                for node in ast.walk(tree)
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                and not node.name.startswith("_")
+            ]
+        for title, node in nodes:
+            doc = ast.get_docstring(node)  # type: ignore[arg-type]
+            if doc and len(doc) >= min_chars:
+                yield {"doc_id": title, "title": title, "text": " ".join(doc.split())}
+
+
+def write_corpus(rows: list[dict[str, str]], out: Path, *, rows_per_file: int | None = None) -> Path:
+    """Write rows as one Parquet file, or as a directory of files of `rows_per_file` rows."""
+    if rows_per_file is None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), out)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for part, start in enumerate(range(0, len(rows), rows_per_file)):
+        chunk = rows[start : start + rows_per_file]
+        pq.write_table(pa.Table.from_pylist(chunk), out / f"part-{part:05d}.parquet")
+    return out

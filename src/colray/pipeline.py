@@ -1,0 +1,406 @@
+"""The ingest plan on Ray: read -> embed (actor pool) -> write (sink actors) -> finalize.
+
+The driver owns the sink's lifecycle and the run's accounting: every row read ends as a point
+or a dead letter, and the report says which.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from tqdm import tqdm
+
+from colray.config import EmbedConfig, Settings, SinkConfig
+from colray.embed import Embedder, load_embedder
+from colray.sink import FinalizeResult, Point, SinkError, VectorSpec, json_safe, open_sink
+from colray.sources import ERROR, ID, KEY, LOCATION, ResolvedSource, read_dataset, resolve_source
+
+log = logging.getLogger("colray")
+
+VECTORS = "_colray_vectors"  # float32 bytes, row-major (n_vectors, dim)
+NUM_VECTORS = "_colray_num_vectors"
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        ("point_id", pa.string()),
+        ("row_key", pa.string()),
+        ("source_location", pa.string()),
+        ("stage", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+WRITES_IN_FLIGHT_PER_WRITER = 2
+
+
+class LostRowsError(RuntimeError):
+    """The pipeline's output does not account for every row the source holds."""
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    started_at: str
+    finished_at: str = ""
+    duration_s: float = 0.0
+    source: str = ""
+    model: str = ""
+    sink: dict[str, Any] = field(default_factory=dict)
+    rows_in_source: int = 0
+    rows_read: int = 0
+    points_written: int = 0
+    dead_lettered: int = 0
+    skipped_existing: int = 0
+    points_in_store: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    stages_s: dict[str, float] = field(default_factory=dict)
+    rows_per_s: float = 0.0
+    finalize: dict[str, Any] = field(default_factory=dict)
+    dead_letter_path: str = ""
+    report_path: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def layout_for(cfg: EmbedConfig, embedder: Embedder) -> list[VectorSpec]:
+    return [VectorSpec(cfg.vector_name, embedder.dim)]
+
+
+class EmbedStage:
+    """Ray Data actor: loads the model once, turns a block of rows into multivectors.
+
+    Rows that cannot be embedded keep flowing with their error set, so the writer can
+    dead-letter them; one bad row never fails its neighbours.
+    """
+
+    def __init__(self, cfg: EmbedConfig, text_column: str, clock: Any):
+        self.cfg = cfg
+        self.text_column = text_column
+        self.clock = clock
+        self.embedder = load_embedder(cfg, use_gpu=cfg.num_gpus > 0)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        start = time.perf_counter()
+        texts = table.column(self.text_column).to_pylist()
+        errors = table.column(ERROR).to_pylist()
+        todo = []
+        for i, text in enumerate(texts):
+            if errors[i] is not None:
+                continue
+            if text is None:
+                errors[i] = "embed: text is null"
+            elif not text.strip():
+                errors[i] = "embed: text is empty"
+            else:
+                todo.append(i)
+        vectors: list[bytes | None] = [None] * len(texts)
+        counts = [0] * len(texts)
+        for i, result in zip(todo, self._embed_isolating([texts[i] for i in todo]), strict=True):
+            if isinstance(result, str):
+                errors[i] = result
+            elif len(result) == 0:
+                errors[i] = "embed: no tokens left to embed"
+            else:
+                vectors[i], counts[i] = result.tobytes(), len(result)
+        out = table.drop_columns([ERROR]).append_column(ERROR, pa.array(errors, pa.string()))
+        out = out.append_column(VECTORS, pa.array(vectors, pa.binary()))
+        out = out.append_column(NUM_VECTORS, pa.array(counts, pa.int32()))
+        ray.get(self.clock.add.remote("embed", time.perf_counter() - start, len(texts)))
+        return out
+
+    def _embed_isolating(self, texts: list[str]) -> list[np.ndarray | str]:
+        if not texts:
+            return []
+        try:
+            return list(self.embedder.embed_documents(texts))
+        except Exception as exc:
+            if len(texts) == 1:
+                return [f"embed: {type(exc).__name__}: {exc}"]
+            half = len(texts) // 2
+            return self._embed_isolating(texts[:half]) + self._embed_isolating(texts[half:])
+
+
+@ray.remote(num_cpus=0)
+class StageClock:
+    """Sums the seconds each stage spends, reported by tasks and actors across the cluster."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+
+    def add(self, stage: str, seconds: float, rows: int) -> None:
+        self.seconds[stage] += seconds
+
+    def snapshot(self) -> dict[str, float]:
+        return dict(self.seconds)
+
+
+@dataclass
+class WriteOutcome:
+    rows: int
+    points_written: int
+    dead_letters: list[dict[str, str | None]]
+    seconds: float
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class SinkWriter:
+    """Holds one sink connection; writes blocks of embedded rows as points."""
+
+    def __init__(
+        self,
+        cfg: SinkConfig,
+        layout: list[VectorSpec],
+        payload_columns: list[str],
+        source_name: str,
+        prepare: bool,
+    ):
+        self.cfg = cfg
+        self.layout = layout
+        self.payload_columns = payload_columns
+        self.source_name = source_name
+        self.sink = open_sink(cfg, layout)
+        if prepare:
+            self.sink.prepare()
+
+    def ready(self) -> bool:
+        return True
+
+    def write(self, table: pa.Table, start: int | None, end: int | None) -> WriteOutcome:
+        began = time.perf_counter()
+        if start is not None and end is not None:
+            table = table.slice(start, end - start)
+        columns = {name: table.column(name).to_pylist() for name in (ID, KEY, LOCATION, ERROR)}
+        payloads = {c: table.column(c).to_pylist() for c in self.payload_columns}
+        blobs = table.column(VECTORS).to_pylist()
+        counts = table.column(NUM_VECTORS).to_pylist()
+        dim = self.layout[0].dim
+        dead: list[dict[str, str | None]] = []
+        points: list[Point] = []
+        for i in range(table.num_rows):
+            if columns[ERROR][i] is not None:
+                dead.append(_dead_letter(columns, i, columns[ERROR][i]))
+                continue
+            vectors = np.frombuffer(blobs[i], dtype=np.float32).reshape(counts[i], dim)
+            payload = {c: json_safe(payloads[c][i]) for c in self.payload_columns}
+            payload["_colray"] = {"key": columns[KEY][i], "source": self.source_name}
+            points.append(Point(columns[ID][i], {self.layout[0].name: vectors}, payload))
+        written = 0
+        for chunk_start in range(0, len(points), self.cfg.batch_size):
+            chunk = points[chunk_start : chunk_start + self.cfg.batch_size]
+            failed = self._write_isolating(chunk)
+            written += len(chunk) - len(failed)
+            by_id = {columns[ID][i]: i for i in range(table.num_rows)}
+            dead.extend(_dead_letter(columns, by_id[pid], reason) for pid, reason in failed)
+        return WriteOutcome(table.num_rows, written, dead, time.perf_counter() - began)
+
+    def _write_isolating(self, points: list[Point]) -> list[tuple[str, str]]:
+        """Write; on a non-transient rejection split the batch until the bad points are alone."""
+        if not points:
+            return []
+        try:
+            self.sink.write(points)
+            return []
+        except Exception as exc:
+            from colray.sink.qdrant import is_transient
+
+            if is_transient(exc):
+                raise
+            if len(points) == 1:
+                return [(points[0].id, f"write: {type(exc).__name__}: {_short(exc)}")]
+            half = len(points) // 2
+            return self._write_isolating(points[:half]) + self._write_isolating(points[half:])
+
+    def finalize(self) -> tuple[FinalizeResult, int]:
+        result = self.sink.finalize()
+        return result, self.sink.count()
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def _dead_letter(columns: dict[str, list[Any]], i: int, reason: str) -> dict[str, str | None]:
+    stage, _, error = reason.partition(": ")
+    return {
+        "point_id": columns[ID][i],
+        "row_key": columns[KEY][i],
+        "source_location": columns[LOCATION][i],
+        "stage": stage,
+        "error": error,
+    }
+
+
+def _short(exc: BaseException, limit: int = 500) -> str:
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def prepare_run(settings: Settings) -> tuple[ResolvedSource, Embedder]:
+    """Everything that can fail on configuration, done before Ray starts."""
+    source = resolve_source(settings.source)
+    try:
+        embedder = load_embedder(settings.embed)
+    except (ValueError, OSError) as exc:
+        from colray.config import ConfigError
+
+        raise ConfigError([f"embed.model: {exc}"]) from None
+    return source, embedder
+
+
+def ensure_ray(settings: Settings) -> None:
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=settings.run.ray_address,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        include_dashboard=False,
+        configure_logging=True,
+    )
+
+
+def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = None) -> RunReport:
+    """Run one ingest job end to end and return (and write) its report."""
+    started = time.perf_counter()
+    run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    run_dir = Path(settings.run.dir) / run_id
+    report = RunReport(run_id=run_id, started_at=dt.datetime.now(dt.UTC).isoformat())
+    source, embedder = prepare_run(settings)
+    layout = layout_for(settings.embed, embedder)
+    report.source, report.model = source.name, settings.embed.model
+    report.sink = _describe_sink(settings.sink)
+    report.rows_in_source = source.num_rows
+
+    ensure_ray(settings)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = settings.run.progress
+    ctx.verbose_stats_logs = False
+    clock = StageClock.remote()
+    writers = _start_writers(settings, layout, source)
+    dead_path = run_dir / "dead_letters.parquet"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        dataset = read_dataset(source).map_batches(
+            EmbedStage,
+            fn_constructor_kwargs={
+                "cfg": settings.embed,
+                "text_column": settings.source.text_column,
+                "clock": clock,
+            },
+            compute=ray.data.ActorPoolStrategy(size=settings.embed.num_actors),
+            num_cpus=settings.embed.cpus_per_actor,
+            num_gpus=settings.embed.num_gpus or None,
+            batch_size=settings.embed.rows_per_call,
+            batch_format="pyarrow",
+        )
+        with pq.ParquetWriter(dead_path, DEAD_LETTER_SCHEMA) as dead_out:
+            write_s = _drive_writes(dataset, writers, report, dead_out, settings)
+        finalize_start = time.perf_counter()
+        result, report.points_in_store = ray.get(writers[0].finalize.remote())
+        report.finalize = asdict(result)
+        report.stages_s = {
+            **{k: round(v, 3) for k, v in ray.get(clock.snapshot.remote()).items()},
+            "write": round(write_s, 3),
+            "finalize": round(time.perf_counter() - finalize_start, 3),
+        }
+    finally:
+        for writer in writers:
+            try:
+                ray.get(writer.close.remote())
+            finally:
+                ray.kill(writer)
+        ray.kill(clock)
+    report.duration_s = round(time.perf_counter() - started, 3)
+    report.rows_per_s = round(report.rows_read / report.duration_s, 2) if report.duration_s else 0.0
+    report.finished_at = dt.datetime.now(dt.UTC).isoformat()
+    report.dead_letter_path = str(dead_path)
+    report.report_path = str(report_path or run_dir / "report.json")
+    Path(report.report_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(report.report_path).write_text(report.to_json())
+    if report.rows_read != report.rows_in_source or report.rows_read != (
+        report.points_written + report.dead_lettered + report.skipped_existing
+    ):
+        raise LostRowsError(
+            f"rows do not add up: source {report.rows_in_source}, read {report.rows_read}, "
+            f"written {report.points_written}, dead-lettered {report.dead_lettered}"
+        )
+    return report
+
+
+def _start_writers(settings: Settings, layout: list[VectorSpec], source: ResolvedSource) -> list[Any]:
+    cfg = settings.sink
+    # Edge and qdrant-client's local mode lock their directory: one writer, on this machine.
+    local_store = cfg.kind == "edge" or cfg.path is not None
+    count = 1 if local_store else cfg.writers
+    options: dict[str, Any] = {}
+    if local_store:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False
+        )
+    args = (cfg, layout, settings.source.payload_columns, source.name)
+    first = SinkWriter.options(**options).remote(*args, prepare=True)
+    try:
+        # Surfaces an incompatible layout or an unreachable store before anything is embedded.
+        ray.get(first.ready.remote())
+    except ray.exceptions.RayActorError as exc:
+        ray.kill(first)
+        cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
+        raise SinkError(str(cause).strip().splitlines()[-1]) from None
+    return [first] + [SinkWriter.options(**options).remote(*args, prepare=False) for _ in range(count - 1)]
+
+
+def _drive_writes(dataset: Any, writers: list[Any], report: RunReport, dead_out: pq.ParquetWriter, settings: Settings) -> float:
+    """Hand each embedded block to the least busy writer; the data never passes the driver."""
+    in_flight: dict[Any, int] = {}
+    load = [0] * len(writers)
+    write_s = 0.0
+    reasons: collections.Counter[str] = collections.Counter()
+    bar = tqdm(total=report.rows_in_source, unit="row", desc="written", disable=not settings.run.progress)
+
+    def collect(ref: Any) -> None:
+        nonlocal write_s
+        outcome: WriteOutcome = ray.get(ref)
+        load[in_flight.pop(ref)] -= 1
+        report.rows_read += outcome.rows
+        report.points_written += outcome.points_written
+        report.dead_lettered += len(outcome.dead_letters)
+        write_s += outcome.seconds
+        if outcome.dead_letters:
+            dead_out.write_table(pa.Table.from_pylist(outcome.dead_letters, DEAD_LETTER_SCHEMA))
+            reasons.update(d["stage"] + ": " + (d["error"] or "").split(":")[0] for d in outcome.dead_letters)
+        bar.update(outcome.rows)
+
+    for bundle in dataset.iter_internal_ref_bundles():
+        for entry, block_slice in zip(bundle.blocks, bundle.slices, strict=True):
+            while len(in_flight) >= WRITES_IN_FLIGHT_PER_WRITER * len(writers):
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+                collect(done[0])
+            target = min(range(len(writers)), key=load.__getitem__)
+            start = block_slice.start_offset if block_slice else None
+            end = block_slice.end_offset if block_slice else None
+            in_flight[writers[target].write.remote(entry.ref, start, end)] = target
+            load[target] += 1
+    while in_flight:
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        collect(done[0])
+    bar.close()
+    report.dead_letter_reasons = dict(reasons.most_common())
+    return write_s
+
+
+def _describe_sink(cfg: SinkConfig) -> dict[str, Any]:
+    """The sink as the report shows it: where, never credentials."""
+    where = cfg.url or cfg.path
+    return {"kind": cfg.kind, "where": where, "collection": cfg.collection if cfg.kind == "qdrant" else None}

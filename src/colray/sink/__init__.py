@@ -1,0 +1,112 @@
+"""Sinks: the contract both Qdrant engines meet, and the factory that picks one from config.
+
+Contract: ensure the layout (or fail before any embedding), load with indexing off, then
+switch indexing on and wait until the store is ready.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from colray.config import SinkConfig
+
+
+class SinkError(Exception):
+    """A sink problem the user must fix (incompatible layout, unreachable store, ...)."""
+
+
+@dataclass(frozen=True)
+class VectorSpec:
+    """One named multivector: MaxSim over cosine similarities of `dim`-sized token vectors."""
+
+    name: str
+    dim: int
+
+
+@dataclass
+class Point:
+    id: str
+    vectors: dict[str, np.ndarray]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+    vectors: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class FinalizeResult:
+    status: str
+    indexed_vectors: int | None
+    seconds: float
+
+
+class Sink(Protocol):
+    def prepare(self) -> None:
+        """Create the store or check that the existing one fits the layout; indexing off."""
+        ...
+
+    def write(self, points: list[Point]) -> None: ...
+
+    def finalize(self) -> FinalizeResult:
+        """Switch indexing back on and wait until the store is ready for queries."""
+        ...
+
+    def count(self) -> int: ...
+
+    def query(
+        self, vector: np.ndarray, *, using: str, limit: int, with_vectors: bool = False
+    ) -> list[Hit]: ...
+
+    def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
+        """Every point (tests and small stores only)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_sink(cfg: SinkConfig, layout: list[VectorSpec]) -> Sink:
+    if cfg.kind == "edge":
+        from colray.sink.edge import EdgeSink
+
+        return EdgeSink(cfg, layout)
+    from colray.sink.qdrant import QdrantSink
+
+    return QdrantSink(cfg, layout)
+
+
+def json_safe(value: Any) -> Any:
+    """Arrow/Python values as JSON payload values (Qdrant payloads are JSON)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    return str(value)

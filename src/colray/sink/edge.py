@@ -1,0 +1,144 @@
+"""The embedded sink: Qdrant Edge, Qdrant's own engine in-process, on one directory.
+
+One process may hold a store directory at a time, so a job has exactly one Edge writer.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import qdrant_edge as qe
+
+from colray.config import SinkConfig
+from colray.sink import FinalizeResult, Hit, Point, SinkError, VectorSpec
+
+# Indexing switched off while loading: building HNSW per batch would be rebuilt anyway.
+INDEXING_OFF = 0
+
+
+class EdgeSink:
+    def __init__(self, cfg: SinkConfig, layout: list[VectorSpec]):
+        assert cfg.path is not None
+        self.cfg = cfg
+        self.layout = layout
+        self.path = Path(cfg.path).expanduser()
+        self.shard: qe.EdgeShard | None = None
+
+    def _config(self, indexing_threshold_kb: int | None) -> qe.EdgeConfig:
+        vectors = {
+            spec.name: qe.EdgeVectorParams(
+                size=spec.dim,
+                distance=qe.Distance.Cosine,
+                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+            )
+            for spec in self.layout
+        }
+        optimizers = (
+            None
+            if indexing_threshold_kb is None
+            else qe.EdgeOptimizersConfig(indexing_threshold=indexing_threshold_kb)
+        )
+        return qe.EdgeConfig(vectors=vectors, optimizers=optimizers)
+
+    def _has_data(self) -> bool:
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def prepare(self) -> None:
+        config = self._config(INDEXING_OFF)
+        if self._has_data():
+            self.shard = self._load(config)
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.shard = qe.EdgeShard.create(str(self.path), config)
+
+    def open_for_reading(self) -> None:
+        self.shard = self._load(None)
+
+    def _load(self, config: qe.EdgeConfig | None) -> qe.EdgeShard:
+        try:
+            return qe.EdgeShard.load(str(self.path), config)
+        except Exception as exc:
+            text = str(exc)
+            if "incompatible" in text.lower():
+                wanted = ", ".join(f"{s.name}: {s.dim} dims" for s in self.layout)
+                raise SinkError(
+                    f"the Edge store at {self.path} has an incompatible layout for this job "
+                    f"(wanted {wanted}, MaxSim, cosine): {text}. Use a new sink.path or the "
+                    "model the store was built with."
+                ) from None
+            if "WouldBlock" in text:
+                raise SinkError(
+                    f"the Edge store at {self.path} is open in another process (one process "
+                    "may hold a store directory at a time)"
+                ) from None
+            raise SinkError(f"cannot open the Edge store at {self.path}: {text}") from None
+
+    def write(self, points: list[Point]) -> None:
+        shard = self._open()
+        shard.update(
+            qe.UpdateOperation.upsert_points(
+                [qe.Point(p.id, p.vectors, p.payload) for p in points]  # numpy accepted as is
+            )
+        )
+
+    def finalize(self) -> FinalizeResult:
+        start = time.perf_counter()
+        self._open().close()
+        # The threshold can only change on load; the vectors must be repeated or it raises.
+        self.shard = self._load(self._config(self.cfg.indexing_threshold_kb))
+        self.shard.optimize()
+        info = self.shard.info()
+        return FinalizeResult("green", info.indexed_vectors_count, time.perf_counter() - start)
+
+    def count(self) -> int:
+        return self._open().count(qe.CountRequest(exact=True))
+
+    def query(
+        self, vector: np.ndarray, *, using: str, limit: int, with_vectors: bool = False
+    ) -> list[Hit]:
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(np.asarray(vector, np.float32), using=using),
+            with_payload=True,
+            with_vector=with_vectors,
+        )
+        return [_hit(p) for p in self._open().query(request)]
+
+    def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
+        hits: list[Hit] = []
+        offset = None
+        while True:
+            records, offset = self._open().scroll(
+                qe.ScrollRequest(
+                    limit=256, offset=offset, with_payload=True, with_vector=with_vectors
+                )
+            )
+            hits.extend(_hit(r) for r in records)
+            if offset is None:
+                return hits
+
+    def _open(self) -> qe.EdgeShard:
+        if self.shard is None:
+            raise SinkError("the Edge store is not open")
+        return self.shard
+
+    def close(self) -> None:
+        if self.shard is not None:
+            self.shard.close()
+            self.shard = None
+
+
+def _hit(point: qe.ScoredPoint | qe.Record) -> Hit:
+    vectors = None
+    if point.vector:
+        vectors = {k: np.asarray(v, np.float32) for k, v in dict(point.vector).items()}
+    pid = point.id
+    return Hit(
+        str(pid) if isinstance(pid, uuid.UUID) else str(pid),
+        float(getattr(point, "score", 0.0) or 0.0),
+        dict(point.payload or {}),
+        vectors,
+    )

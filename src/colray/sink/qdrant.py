@@ -1,0 +1,206 @@
+"""The server sink: qdrant-client against a Qdrant server (`url`) or its local mode (`path`).
+
+Transient failures are retried with stamina's jittered exponential backoff; others are not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import stamina
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from colray.config import SinkConfig
+from colray.sink import FinalizeResult, Hit, Point, SinkError, VectorSpec
+
+T = TypeVar("T")
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures a retry can fix: timeouts, resets, overload. Never 400/401/403/404/422."""
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code in TRANSIENT_STATUS
+    if isinstance(exc, ResponseHandlingException):
+        return True
+    try:
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            return exc.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+    except ImportError:
+        pass
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+class QdrantSink:
+    def __init__(self, cfg: SinkConfig, layout: list[VectorSpec]):
+        self.cfg = cfg
+        self.layout = layout
+        self.collection = cfg.collection
+        if cfg.url:
+            self.client = QdrantClient(
+                url=cfg.url,
+                api_key=cfg.resolved_api_key(),
+                prefer_grpc=cfg.prefer_grpc,
+                timeout=int(cfg.timeout_s),
+            )
+        else:
+            self.client = QdrantClient(path=cfg.path)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        for attempt in stamina.retry_context(
+            on=is_transient, attempts=self.cfg.retry_attempts, timeout=self.cfg.retry_timeout_s
+        ):
+            with attempt:
+                return fn()
+        raise AssertionError("unreachable: stamina re-raises the last error")
+
+    def prepare(self) -> None:
+        if self._call(lambda: self.client.collection_exists(self.collection)):
+            self._check_layout()
+            self._call(
+                lambda: self.client.update_collection(
+                    self.collection,
+                    optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0),
+                )
+            )
+            return
+        self._call(
+            lambda: self.client.create_collection(
+                self.collection,
+                vectors_config={
+                    spec.name: models.VectorParams(
+                        size=spec.dim,
+                        distance=models.Distance.COSINE,
+                        multivector_config=models.MultiVectorConfig(
+                            comparator=models.MultivectorComparator.MAX_SIM
+                        ),
+                    )
+                    for spec in self.layout
+                },
+                optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0),
+            )
+        )
+
+    def open_for_reading(self) -> None:
+        if not self._call(lambda: self.client.collection_exists(self.collection)):
+            raise SinkError(f"collection {self.collection!r} does not exist")
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        info = self._call(lambda: self.client.get_collection(self.collection))
+        existing = info.config.params.vectors
+        existing = existing if isinstance(existing, dict) else {"": existing}
+        problems = []
+        for spec in self.layout:
+            params = existing.get(spec.name)
+            if params is None:
+                problems.append(f"no vector named {spec.name!r} (has: {', '.join(existing) or 'none'})")
+                continue
+            if params.size != spec.dim:
+                problems.append(f"{spec.name!r} has {params.size} dims, the model gives {spec.dim}")
+            if params.distance != models.Distance.COSINE:
+                problems.append(f"{spec.name!r} uses {params.distance}, expected Cosine")
+            comparator = params.multivector_config.comparator if params.multivector_config else None
+            if comparator != models.MultivectorComparator.MAX_SIM:
+                problems.append(f"{spec.name!r} is not a MaxSim multivector")
+        if problems:
+            raise SinkError(
+                f"collection {self.collection!r} exists with an incompatible layout: "
+                + "; ".join(problems)
+                + ". Use another sink.collection or the model it was built with."
+            )
+
+    def write(self, points: list[Point]) -> None:
+        structs = [
+            models.PointStruct(
+                id=p.id, vector={k: v.tolist() for k, v in p.vectors.items()}, payload=p.payload
+            )
+            for p in points
+        ]
+        self._call(lambda: self.client.upsert(self.collection, points=structs, wait=True))
+
+    def finalize(self) -> FinalizeResult:
+        start = time.perf_counter()
+        self._call(
+            lambda: self.client.update_collection(
+                self.collection,
+                optimizers_config=models.OptimizersConfigDiff(
+                    indexing_threshold=self.cfg.indexing_threshold_kb
+                ),
+            )
+        )
+        deadline = start + self.cfg.ready_timeout_s
+        delay = 0.2
+        while True:
+            info = self._call(lambda: self.client.get_collection(self.collection))
+            if info.status == models.CollectionStatus.GREEN:
+                return FinalizeResult(
+                    "green", info.indexed_vectors_count, time.perf_counter() - start
+                )
+            if info.status == models.CollectionStatus.RED:
+                raise SinkError(f"collection {self.collection!r} turned red while indexing")
+            if info.status == models.CollectionStatus.GREY:
+                # Grey means optimizations are pending until any update nudges them.
+                self._call(
+                    lambda: self.client.update_collection(
+                        self.collection, optimizers_config=models.OptimizersConfigDiff()
+                    )
+                )
+            if time.perf_counter() > deadline:
+                raise SinkError(
+                    f"collection {self.collection!r} still {info.status} after "
+                    f"{self.cfg.ready_timeout_s:.0f}s (sink.ready_timeout_s)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def count(self) -> int:
+        return self._call(lambda: self.client.count(self.collection, exact=True)).count
+
+    def query(
+        self, vector: np.ndarray, *, using: str, limit: int, with_vectors: bool = False
+    ) -> list[Hit]:
+        response = self._call(
+            lambda: self.client.query_points(
+                self.collection,
+                query=np.asarray(vector, np.float32).tolist(),
+                using=using,
+                limit=limit,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
+        )
+        return [_hit(p) for p in response.points]
+
+    def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
+        hits: list[Hit] = []
+        offset = None
+        while True:
+            records, offset = self._call(
+                lambda: self.client.scroll(
+                    self.collection,
+                    limit=256,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=with_vectors,
+                )
+            )
+            hits.extend(_hit(r) for r in records)
+            if offset is None:
+                return hits
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _hit(point: Any) -> Hit:
+    vectors = None
+    if isinstance(point.vector, dict):
+        vectors = {k: np.asarray(v, np.float32) for k, v in point.vector.items()}
+    return Hit(str(point.id), float(getattr(point, "score", 0.0) or 0.0), dict(point.payload or {}), vectors)

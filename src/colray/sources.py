@@ -1,0 +1,295 @@
+"""Sources: Parquet files and Hugging Face datasets as a sharded Ray dataset with stable point ids.
+
+Resolution (listing files, reading footers, checking columns) happens before Ray starts.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray.data
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from colray.config import ConfigError, SourceConfig
+
+# Fixed forever: changing it would change every point id colray has ever written.
+POINT_ID_NAMESPACE = uuid.UUID("7d5c8c1e-2f5a-5b8e-9a51-6c0a4f3e2b17")
+
+# Columns the pipeline adds to every row; the user's columns keep their own names.
+ID = "_colray_id"
+KEY = "_colray_key"
+LOCATION = "_colray_location"
+ERROR = "_colray_error"
+
+
+def point_id(source_name: str, row_key: str) -> str:
+    """uuid5 of the source's identity and the row's key: the same row always lands on one point."""
+    return str(uuid.uuid5(POINT_ID_NAMESPACE, f"{source_name}\n{row_key}"))
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of row groups of one file: the unit of reading."""
+
+    path: str
+    relative: str
+    file_format: str  # "parquet" or "arrow" (HF save_to_disk writes Arrow IPC streams)
+    row_groups: tuple[int, ...] | None
+    first_row: int
+    num_rows: int
+    size_bytes: int
+
+
+@dataclass
+class ResolvedSource:
+    """A source checked against the config: its files, identity and total row count."""
+
+    config: SourceConfig
+    name: str
+    pieces: list[Piece]
+    filesystem: pafs.FileSystem
+    columns: list[str] = field(default_factory=list)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(p.num_rows for p in self.pieces)
+
+
+def resolve_source(cfg: SourceConfig) -> ResolvedSource:
+    """List the source's files, read their footers and check the configured columns exist."""
+    if cfg.format == "hf":
+        filesystem, root, files, name = _resolve_hf(cfg)
+    else:
+        filesystem, root, files = _resolve_parquet_files(cfg.path)
+        name = cfg.path if "://" in cfg.path else str(Path(cfg.path).expanduser().resolve())
+    if not files:
+        raise ConfigError([f"source.path: no data files found at {cfg.path!r}"])
+    wanted = [cfg.text_column, *cfg.payload_columns]
+    if cfg.id_column:
+        wanted.append(cfg.id_column)
+    wanted = list(dict.fromkeys(wanted))
+    pieces: list[Piece] = []
+    problems: list[str] = []
+    for path, file_format in files:
+        relative = _relative(path, root)
+        schema, file_pieces = _inspect(filesystem, path, relative, file_format)
+        missing = [c for c in wanted if c not in schema.names]
+        if missing:
+            problems.append(
+                f"source: column(s) {', '.join(map(repr, missing))} not in {relative} "
+                f"(it has: {', '.join(schema.names)})"
+            )
+            continue
+        text_type = schema.field(cfg.text_column).type
+        if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+            problems.append(
+                f"source.text_column: {cfg.text_column!r} in {relative} has type {text_type}, "
+                "expected a string column"
+            )
+        pieces.extend(file_pieces)
+    if problems:
+        raise ConfigError(
+            problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        )
+    return ResolvedSource(cfg, cfg.name or name, pieces, filesystem, wanted)
+
+
+def read_dataset(source: ResolvedSource, *, parallelism: int = -1) -> ray.data.Dataset:
+    """The source as a Ray dataset of Arrow blocks carrying point ids, keys and locations."""
+    return ray.data.read_datasource(
+        ColraySource(source), override_num_blocks=None if parallelism < 0 else parallelism
+    )
+
+
+class ColraySource(Datasource):
+    """Ray Data reader over resolved pieces; knows exact row counts before reading."""
+
+    def __init__(self, source: ResolvedSource):
+        super().__init__()
+        self.source = source
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return sum(p.size_bytes for p in self.source.pieces)
+
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+    ) -> list[ReadTask]:
+        pieces = self.source.pieces
+        count = min(len(pieces), max(1, parallelism))
+        tasks = []
+        for group in (pieces[i::count] for i in range(count)):
+            meta = BlockMetadata(
+                num_rows=sum(p.num_rows for p in group),
+                size_bytes=sum(p.size_bytes for p in group),
+                input_files=[p.path for p in group],
+                exec_stats=None,
+            )
+            read = partial(_read_pieces, self.source, group)
+            tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+def _read_pieces(source: ResolvedSource, pieces: list[Piece]) -> Iterator[pa.Table]:
+    for piece in pieces:
+        yield from read_piece(source, piece)
+
+
+def read_piece(source: ResolvedSource, piece: Piece) -> Iterator[pa.Table]:
+    """Blocks of at most `rows_per_block` rows of one piece, with colray's columns added."""
+    cfg = source.config
+    row = piece.first_row
+    for batch in _iter_batches(source.filesystem, piece, source.columns, cfg.rows_per_block):
+        table = pa.Table.from_batches([batch])
+        locations = [f"{piece.relative}#{row + i}" for i in range(table.num_rows)]
+        if cfg.id_column:
+            keys = [None if v is None else str(v) for v in table.column(cfg.id_column).to_pylist()]
+        else:
+            keys = locations
+        ids = [None if k is None else point_id(source.name, k) for k in keys]
+        errors = [
+            None if k is not None else f"read: id column {cfg.id_column!r} is null" for k in keys
+        ]
+        table = (
+            table.append_column(ID, pa.array(ids, pa.string()))
+            .append_column(KEY, pa.array(keys, pa.string()))
+            .append_column(LOCATION, pa.array(locations, pa.string()))
+            .append_column(ERROR, pa.array(errors, pa.string()))
+        )
+        row += table.num_rows
+        yield table
+
+
+def _iter_batches(
+    filesystem: pafs.FileSystem, piece: Piece, columns: list[str], batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    if piece.file_format == "parquet":
+        with filesystem.open_input_file(piece.path) as handle:
+            parquet = pq.ParquetFile(handle)
+            yield from parquet.iter_batches(
+                batch_size=batch_rows, row_groups=list(piece.row_groups or ()), columns=columns
+            )
+        return
+    with filesystem.open_input_file(piece.path) as handle:
+        table = pa.ipc.open_stream(handle).read_all().select(columns)
+    yield from table.to_batches(max_chunksize=batch_rows)
+
+
+def _inspect(
+    filesystem: pafs.FileSystem, path: str, relative: str, file_format: str
+) -> tuple[pa.Schema, list[Piece]]:
+    if file_format == "arrow":
+        with filesystem.open_input_file(path) as handle:
+            table = pa.ipc.open_stream(handle).read_all()
+        return table.schema, [Piece(path, relative, "arrow", None, 0, table.num_rows, table.nbytes)]
+    with filesystem.open_input_file(path) as handle:
+        meta = pq.ParquetFile(handle).metadata
+        schema = meta.schema.to_arrow_schema()
+    pieces, first, group, rows, size = [], 0, [], 0, 0
+    # Cut big files into pieces of ~64 MiB of row groups so one file still spreads over workers.
+    for index in range(meta.num_row_groups):
+        rg = meta.row_group(index)
+        group.append(index)
+        rows += rg.num_rows
+        size += rg.total_byte_size
+        if size >= 64 << 20 or index == meta.num_row_groups - 1:
+            pieces.append(Piece(path, relative, "parquet", tuple(group), first, rows, size))
+            first, group, rows, size = first + rows, [], 0, 0
+    return schema, pieces
+
+
+def _filesystem_for(path: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in path or path.startswith("file://"):
+        local = path.removeprefix("file://")
+        return pafs.LocalFileSystem(), str(Path(local).expanduser().resolve())
+    try:
+        return pafs.FileSystem.from_uri(path)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        import fsspec
+
+        fs, stripped = fsspec.core.url_to_fs(path)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), stripped
+
+
+def _resolve_parquet_files(path: str) -> tuple[pafs.FileSystem, str, list[tuple[str, str]]]:
+    filesystem, stripped = _filesystem_for(path)
+    if any(ch in stripped for ch in "*?["):
+        root = stripped.split("*")[0].rsplit("/", 1)[0]
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            matches = sorted(globlib.glob(stripped, recursive=True))
+        else:
+            import fsspec
+
+            fs, _ = fsspec.core.url_to_fs(path)
+            matches = sorted(fs.glob(stripped))
+        return filesystem, root, [(m, "parquet") for m in matches if not m.endswith("/")]
+    info = filesystem.get_file_info(stripped)
+    if info.type == pafs.FileType.NotFound:
+        raise ConfigError([f"source.path: {path!r} does not exist"])
+    if info.type == pafs.FileType.File:
+        return filesystem, stripped.rsplit("/", 1)[0], [(stripped, "parquet")]
+    listing = filesystem.get_file_info(pafs.FileSelector(stripped, recursive=True))
+    files = sorted(
+        i.path for i in listing if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+    )
+    return filesystem, stripped, [(f, "parquet") for f in files]
+
+
+def _resolve_hf(cfg: SourceConfig) -> tuple[pafs.FileSystem, str, list[tuple[str, str]], str]:
+    local = Path(cfg.path).expanduser()
+    if local.is_dir():
+        root = local.resolve()
+        if (root / "dataset_dict.json").is_file():
+            root = root / cfg.split
+        if (root / "state.json").is_file():
+            state = json.loads((root / "state.json").read_text())
+            files = [(str(root / f["filename"]), "arrow") for f in state["_data_files"]]
+            return pafs.LocalFileSystem(), str(root), files, str(root)
+        parquet = sorted(str(p) for p in root.rglob("*.parquet"))
+        in_split = [
+            p for p in parquet if f"/{cfg.split}/" in p or Path(p).name.startswith(f"{cfg.split}-")
+        ]
+        return (
+            pafs.LocalFileSystem(),
+            str(root),
+            [(p, "parquet") for p in in_split or parquet],
+            str(root),
+        )
+    return _resolve_hub(cfg)
+
+
+def _resolve_hub(cfg: SourceConfig) -> tuple[pafs.FileSystem, str, list[tuple[str, str]], str]:
+    """A Hub dataset id, read through the parquet conversion the Hub keeps for every dataset."""
+    try:
+        from huggingface_hub import HfFileSystem
+
+        hub = HfFileSystem()
+        root = f"datasets/{cfg.path}@~parquet/{cfg.hf_config}/{cfg.split}"
+        files = sorted(hub.glob(f"{root}/*.parquet"))
+    except Exception as exc:
+        raise ConfigError(
+            [
+                f"source.path: {cfg.path!r} is not a local directory and the Hugging Face Hub could not list it ({type(exc).__name__})"
+            ]
+        ) from None
+    return (
+        pafs.PyFileSystem(pafs.FSSpecHandler(hub)),
+        root,
+        [(f, "parquet") for f in files],
+        f"hf://{cfg.path}/{cfg.hf_config}/{cfg.split}",
+    )
+
+
+def _relative(path: str, root: str) -> str:
+    root = root.rstrip("/")
+    return path[len(root) + 1 :] if path.startswith(root + "/") else path.rsplit("/", 1)[-1]
