@@ -91,6 +91,11 @@ def resolve_model_dir(model: str) -> tuple[Path, ModelSpec | None]:
         return _bundled_minilm(), spec
     if spec is None and Path(model).expanduser().is_dir():
         return Path(model).expanduser().resolve(), None
+    if spec is None and (model.startswith(("/", ".", "~")) or model.count("/") != 1):
+        raise ValueError(
+            f"embed.model {model!r} is not a registered name or a local directory "
+            f"(registered: {', '.join(sorted(REGISTRY))})"
+        )
     hub_id = spec.hub_id if spec else model
     return _download_from_hub(hub_id, spec.onnx_file if spec else None), spec
 

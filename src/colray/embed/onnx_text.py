@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import string
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -336,9 +337,10 @@ def _export(model_dir: Path, out: Path) -> None:
             ).last_hidden_state
 
     ids = torch.ones((2, 8), dtype=torch.long)
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about constant-folded shape checks
         torch.onnx.export(
-            LastHiddenState(model),
+            LastHiddenState(model).eval(),
             (ids, torch.ones_like(ids)),
             str(out),
             input_names=["input_ids", "attention_mask"],
