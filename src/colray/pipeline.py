@@ -171,12 +171,18 @@ class SinkWriter:
         self.layout = layout
         self.payload_columns = payload_columns
         self.source_name = source_name
-        self.sink = open_sink(cfg, layout)
-        if prepare:
-            self.sink.prepare()
+        # A failed start is reported by ready(), not raised: Ray would print the actor's
+        # death with a traceback, and an incompatible store is a user error, not a crash.
+        self.startup_error: Exception | None = None
+        try:
+            self.sink = open_sink(cfg, layout)
+            if prepare:
+                self.sink.prepare()
+        except Exception as exc:
+            self.startup_error = exc
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> Exception | None:
+        return self.startup_error
 
     def write(self, table: pa.Table, start: int | None, end: int | None) -> WriteOutcome:
         began = time.perf_counter()
@@ -350,15 +356,14 @@ def _start_writers(settings: Settings, layout: list[VectorSpec], source: Resolve
             ray.get_runtime_context().get_node_id(), soft=False
         )
     args = (cfg, layout, settings.source.payload_columns, source.name)
-    first = SinkWriter.options(**options).remote(*args, prepare=True)
-    try:
-        # Surfaces an incompatible layout or an unreachable store before anything is embedded.
-        ray.get(first.ready.remote())
-    except ray.exceptions.RayActorError as exc:
-        ray.kill(first)
-        cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
-        raise SinkError(str(cause).strip().splitlines()[-1]) from None
-    return [first] + [SinkWriter.options(**options).remote(*args, prepare=False) for _ in range(count - 1)]
+    writers = [SinkWriter.options(**options).remote(*args, prepare=i == 0) for i in range(count)]
+    # Surfaces an incompatible layout or an unreachable store before anything is embedded.
+    errors = [e for e in ray.get([w.ready.remote() for w in writers]) if e is not None]
+    if errors:
+        for writer in writers:
+            ray.kill(writer)
+        raise errors[0]
+    return writers
 
 
 def _drive_writes(dataset: Any, writers: list[Any], report: RunReport, dead_out: pq.ParquetWriter, settings: Settings) -> float:

@@ -78,7 +78,7 @@ class QdrantSink:
                         size=spec.dim,
                         distance=models.Distance.COSINE,
                         multivector_config=models.MultiVectorConfig(
-                            comparator=models.MultivectorComparator.MAX_SIM
+                            comparator=models.MultiVectorComparator.MAX_SIM
                         ),
                     )
                     for spec in self.layout
@@ -107,7 +107,7 @@ class QdrantSink:
             if params.distance != models.Distance.COSINE:
                 problems.append(f"{spec.name!r} uses {params.distance}, expected Cosine")
             comparator = params.multivector_config.comparator if params.multivector_config else None
-            if comparator != models.MultivectorComparator.MAX_SIM:
+            if comparator != models.MultiVectorComparator.MAX_SIM:
                 problems.append(f"{spec.name!r} is not a MaxSim multivector")
         if problems:
             raise SinkError(
