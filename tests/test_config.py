@@ -58,7 +58,7 @@ def test_missing_file_and_missing_required(tmp_path) -> None:
 
 
 def test_sink_target_rules(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="exactly one of sink.url"):
+    with pytest.raises(ConfigError, match=r"exactly one of sink\.url"):
         load_settings(write(tmp_path, BASE), ["sink.kind=qdrant", "sink.url=http://q:6333"])
     settings = load_settings(
         write(tmp_path, BASE), ["sink.kind=qdrant", "sink.path=null", "sink.url=http://q:6333"]

@@ -29,7 +29,9 @@ def corpus(tmp_path_factory, module_docs) -> Path:
     root = tmp_path_factory.mktemp("e2e") / "docs"
     root.mkdir()
     for part, start in enumerate(range(0, 60, 25)):
-        pq.write_table(pa.Table.from_pylist(rows[start : start + 25]), root / f"part-{part}.parquet")
+        pq.write_table(
+            pa.Table.from_pylist(rows[start : start + 25]), root / f"part-{part}.parquet"
+        )
     schema = pa.schema([("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
     pq.write_table(pa.Table.from_pylist(BAD_ROWS, schema), root / "part-bad.parquet")
     return root
@@ -61,20 +63,28 @@ def maxsim(query: np.ndarray, doc: np.ndarray) -> float:
 
 SINKS = {
     "edge": lambda tmp: {"kind": "edge", "path": str(tmp / "edge-store")},
-    "qdrant-local": lambda tmp: {"kind": "qdrant", "path": str(tmp / "qdrant-local"), "collection": "docs"},
+    "qdrant-local": lambda tmp: {
+        "kind": "qdrant",
+        "path": str(tmp / "qdrant-local"),
+        "collection": "docs",
+    },
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", sorted(SINKS))
-def test_ingest_query_and_rerun(engine, ray_session, corpus, module_docs, tmp_path, onnx_cache) -> None:
+def test_ingest_query_and_rerun(
+    engine, ray_session, corpus, module_docs, tmp_path, onnx_cache
+) -> None:
     settings = make_settings(tmp_path, corpus, SINKS[engine](tmp_path), onnx_cache)
     report = run_ingest(settings, tmp_path / "report.json")
 
     assert report.rows_in_source == report.rows_read == 63
     assert report.points_written == 60 and report.points_in_store == 60
     assert report.dead_lettered == 3
-    assert report.rows_read == report.points_written + report.dead_lettered + report.skipped_existing
+    assert (
+        report.rows_read == report.points_written + report.dead_lettered + report.skipped_existing
+    )
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["points_written"] == 60 and saved["duration_s"] > 0
     assert {"embed", "write", "finalize"} <= set(saved["stages_s"])
@@ -95,7 +105,9 @@ def test_ingest_query_and_rerun(engine, ray_session, corpus, module_docs, tmp_pa
             query = embedder.embed_query(" ".join(doc["text"].split()[:15]))
             hits = sink.query(query, using="text", limit=5)
             assert hits[0].payload["title"] == doc["title"]  # known item comes first
-            brute = sorted(((maxsim(query, p.vectors["text"]), p.id) for p in stored), reverse=True)[:5]
+            brute = sorted(
+                ((maxsim(query, p.vectors["text"]), p.id) for p in stored), reverse=True
+            )[:5]
             assert [h.id for h in hits] == [pid for _, pid in brute]
             np.testing.assert_allclose([h.score for h in hits], [s for s, _ in brute], atol=1e-4)
     finally:

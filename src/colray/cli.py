@@ -93,8 +93,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(ingest)
     ingest.add_argument(
-        "--report", metavar="PATH", help="where to write the JSON run report "
-        "(default: <run.dir>/<run id>/report.json)"
+        "--report",
+        metavar="PATH",
+        help="where to write the JSON run report (default: <run.dir>/<run id>/report.json)",
     )
     ingest.set_defaults(handler=_cmd_ingest)
 
@@ -184,7 +185,12 @@ def _cmd_query(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, args.overrides)
     hits = search(settings, args.text, limit=args.limit)
     if args.json:
-        print(json.dumps([{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits], indent=2))
+        print(
+            json.dumps(
+                [{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits],
+                indent=2,
+            )
+        )
         return 0
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:>2}. {hit['score']:8.3f}  {_summary(hit['payload'])}")

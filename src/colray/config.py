@@ -86,7 +86,9 @@ class EmbedConfig(_Section):
     num_actors: int = Field(default=1, gt=0, description="Embedder actors.")
     cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs reserved per actor.")
     threads_per_actor: int | None = Field(
-        default=None, gt=0, description="Inference threads per actor (default: the node's cores / num_actors)."
+        default=None,
+        gt=0,
+        description="Inference threads per actor (default: the node's cores / num_actors).",
     )
     num_gpus: float = Field(
         default=0.0, ge=0, description="GPUs per actor; fractions share a GPU. 0 runs on CPU."

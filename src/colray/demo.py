@@ -27,7 +27,9 @@ def demo_corpus_path() -> Path:
     return Path(str(importlib.resources.files("colray") / "data" / "stdlib_modules.parquet"))
 
 
-def stdlib_docstrings(*, modules_only: bool = False, min_chars: int = 40) -> Iterator[dict[str, str]]:
+def stdlib_docstrings(
+    *, modules_only: bool = False, public_only: bool = True, min_chars: int = 40
+) -> Iterator[dict[str, str]]:
     """Docstrings of the standard library as rows {doc_id, title, text}, in a stable order."""
     root = Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(root.rglob("*.py")):
@@ -41,21 +43,24 @@ def stdlib_docstrings(*, modules_only: bool = False, min_chars: int = 40) -> Ite
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue
-        nodes: list[tuple[str, ast.AST]] = [(module, tree)]
+        nodes: list[tuple[str, str, ast.AST]] = [(module, module, tree)]
         if not modules_only:
+            # Names repeat inside a module (methods of different classes): the line keeps ids unique.
             nodes += [
-                (f"{module}.{node.name}", node)
+                (f"{module}:{node.lineno}", f"{module}.{node.name}", node)
                 for node in ast.walk(tree)
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-                and not node.name.startswith("_")
+                and not (public_only and node.name.startswith("_"))
             ]
-        for title, node in nodes:
+        for doc_id, title, node in nodes:
             doc = ast.get_docstring(node)  # type: ignore[arg-type]
             if doc and len(doc) >= min_chars:
-                yield {"doc_id": title, "title": title, "text": " ".join(doc.split())}
+                yield {"doc_id": doc_id, "title": title, "text": " ".join(doc.split())}
 
 
-def write_corpus(rows: list[dict[str, str]], out: Path, *, rows_per_file: int | None = None) -> Path:
+def write_corpus(
+    rows: list[dict[str, str]], out: Path, *, rows_per_file: int | None = None
+) -> Path:
     """Write rows as one Parquet file, or as a directory of files of `rows_per_file` rows."""
     if rows_per_file is None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from colray.config import EmbedConfig, Settings, SinkConfig
 from colray.embed import Embedder, load_embedder
-from colray.sink import FinalizeResult, Point, SinkError, VectorSpec, json_safe, open_sink
+from colray.sink import FinalizeResult, Point, VectorSpec, json_safe, open_sink
 from colray.sources import ERROR, ID, KEY, LOCATION, ResolvedSource, read_dataset, resolve_source
 
 log = logging.getLogger("colray")
@@ -298,7 +298,7 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     dead_path = run_dir / "dead_letters.parquet"
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        dataset = read_dataset(source).map_batches(
+        dataset = read_dataset(source, clock=clock).map_batches(
             EmbedStage,
             fn_constructor_kwargs={
                 "cfg": settings.embed,
@@ -345,7 +345,9 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     return report
 
 
-def _start_writers(settings: Settings, layout: list[VectorSpec], source: ResolvedSource) -> list[Any]:
+def _start_writers(
+    settings: Settings, layout: list[VectorSpec], source: ResolvedSource
+) -> list[Any]:
     cfg = settings.sink
     # Edge and qdrant-client's local mode lock their directory: one writer, on this machine.
     local_store = cfg.kind == "edge" or cfg.path is not None
@@ -366,13 +368,21 @@ def _start_writers(settings: Settings, layout: list[VectorSpec], source: Resolve
     return writers
 
 
-def _drive_writes(dataset: Any, writers: list[Any], report: RunReport, dead_out: pq.ParquetWriter, settings: Settings) -> float:
+def _drive_writes(
+    dataset: Any,
+    writers: list[Any],
+    report: RunReport,
+    dead_out: pq.ParquetWriter,
+    settings: Settings,
+) -> float:
     """Hand each embedded block to the least busy writer; the data never passes the driver."""
     in_flight: dict[Any, int] = {}
     load = [0] * len(writers)
     write_s = 0.0
     reasons: collections.Counter[str] = collections.Counter()
-    bar = tqdm(total=report.rows_in_source, unit="row", desc="written", disable=not settings.run.progress)
+    bar = tqdm(
+        total=report.rows_in_source, unit="row", desc="written", disable=not settings.run.progress
+    )
 
     def collect(ref: Any) -> None:
         nonlocal write_s
@@ -384,7 +394,9 @@ def _drive_writes(dataset: Any, writers: list[Any], report: RunReport, dead_out:
         write_s += outcome.seconds
         if outcome.dead_letters:
             dead_out.write_table(pa.Table.from_pylist(outcome.dead_letters, DEAD_LETTER_SCHEMA))
-            reasons.update(d["stage"] + ": " + (d["error"] or "").split(":")[0] for d in outcome.dead_letters)
+            reasons.update(
+                d["stage"] + ": " + (d["error"] or "").split(":")[0] for d in outcome.dead_letters
+            )
         bar.update(outcome.rows)
 
     for bundle in dataset.iter_internal_ref_bundles():
@@ -408,4 +420,8 @@ def _drive_writes(dataset: Any, writers: list[Any], report: RunReport, dead_out:
 def _describe_sink(cfg: SinkConfig) -> dict[str, Any]:
     """The sink as the report shows it: where, never credentials."""
     where = cfg.url or cfg.path
-    return {"kind": cfg.kind, "where": where, "collection": cfg.collection if cfg.kind == "qdrant" else None}
+    return {
+        "kind": cfg.kind,
+        "where": where,
+        "collection": cfg.collection if cfg.kind == "qdrant" else None,
+    }

@@ -6,7 +6,6 @@ One process may hold a store directory at a time, so a job has exactly one Edge 
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -135,9 +134,8 @@ def _hit(point: qe.ScoredPoint | qe.Record) -> Hit:
     vectors = None
     if point.vector:
         vectors = {k: np.asarray(v, np.float32) for k, v in dict(point.vector).items()}
-    pid = point.id
     return Hit(
-        str(pid) if isinstance(pid, uuid.UUID) else str(pid),
+        str(point.id),
         float(getattr(point, "score", 0.0) or 0.0),
         dict(point.payload or {}),
         vectors,

@@ -100,7 +100,9 @@ class QdrantSink:
         for spec in self.layout:
             params = existing.get(spec.name)
             if params is None:
-                problems.append(f"no vector named {spec.name!r} (has: {', '.join(existing) or 'none'})")
+                problems.append(
+                    f"no vector named {spec.name!r} (has: {', '.join(existing) or 'none'})"
+                )
                 continue
             if params.size != spec.dim:
                 problems.append(f"{spec.name!r} has {params.size} dims, the model gives {spec.dim}")
@@ -183,10 +185,10 @@ class QdrantSink:
         offset = None
         while True:
             records, offset = self._call(
-                lambda: self.client.scroll(
+                lambda start=offset: self.client.scroll(
                     self.collection,
                     limit=256,
-                    offset=offset,
+                    offset=start,
                     with_payload=True,
                     with_vectors=with_vectors,
                 )
@@ -203,4 +205,9 @@ def _hit(point: Any) -> Hit:
     vectors = None
     if isinstance(point.vector, dict):
         vectors = {k: np.asarray(v, np.float32) for k, v in point.vector.items()}
-    return Hit(str(point.id), float(getattr(point, "score", 0.0) or 0.0), dict(point.payload or {}), vectors)
+    return Hit(
+        str(point.id),
+        float(getattr(point, "score", 0.0) or 0.0),
+        dict(point.payload or {}),
+        vectors,
+    )

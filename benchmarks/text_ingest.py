@@ -1,0 +1,169 @@
+"""Text ingest throughput: raw embedder vs the tutorials' sequential loop vs the colray pipeline.
+
+All three run in one process on the same corpus (docstrings of Python's standard library), so
+the ratios on the last line are comparable even on a shared, noisy machine.
+
+    uv run python benchmarks/text_ingest.py [--rows 5000] [--model minilm-token]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from colray.config import load_settings
+from colray.demo import stdlib_docstrings, write_corpus
+from colray.embed import load_embedder
+from colray.pipeline import ensure_ray, layout_for, run_ingest
+from colray.sink import Point, open_sink
+from colray.sources import point_id
+
+# Every variant stays below the indexing threshold: this measures ingest, not HNSW builds.
+NO_HNSW_KB = 10**9
+
+
+class PeakRss:
+    """Peak resident memory of this process and all its descendants (Ray's workers too)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # a worker may exit between list and read
+                total += child.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(0.25)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, int]:
+    with PeakRss() as rss:
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
+    return seconds, rss.peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--model", default="minilm-token")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rows-per-call", type=int, default=256)
+    args = parser.parse_args()
+
+    rows = list(stdlib_docstrings(public_only=False))[: args.rows]
+    if len(rows) < args.rows:
+        raise SystemExit(f"only {len(rows)} docstrings available")
+    work = Path(tempfile.mkdtemp(prefix="colray-bench-"))
+    corpus = write_corpus(rows, work / "corpus", rows_per_file=1000)
+    texts = [r["text"] for r in rows]
+    threads = os.cpu_count() or 1
+    base = {
+        "source": {
+            "path": str(corpus),
+            "text_column": "text",
+            "id_column": "doc_id",
+            "payload_columns": ["title"],
+        },
+        "embed": {
+            "model": args.model,
+            "batch_size": args.batch_size,
+            "rows_per_call": args.rows_per_call,
+            "threads_per_actor": threads,
+        },
+        "sink": {
+            "kind": "edge",
+            "path": str(work / "pipeline-store"),
+            "indexing_threshold_kb": NO_HNSW_KB,
+        },
+        "run": {"dir": str(work / "runs"), "progress": False},
+    }
+    settings = load_settings(None, base=base)
+    embedder = load_embedder(settings.embed)
+    embedder.embed_documents(texts[:64])  # warm-up: first-call allocations
+
+    def raw() -> None:
+        for start in range(0, len(texts), args.rows_per_call):
+            embedder.embed_documents(texts[start : start + args.rows_per_call])
+
+    def sequential() -> None:
+        """The Qdrant tutorials' loop: embed a batch, upsert it, repeat; then re-enable indexing."""
+        cfg = settings.sink.model_copy(update={"path": str(work / "sequential-store")})
+        sink = open_sink(cfg, layout_for(settings.embed, embedder))
+        sink.prepare()
+        for start in range(0, len(rows), args.batch_size):
+            batch = rows[start : start + args.batch_size]
+            vectors = embedder.embed_documents([r["text"] for r in batch])
+            sink.write(
+                [
+                    Point(point_id("bench", r["doc_id"]), {"text": v}, {"title": r["title"]})
+                    for r, v in zip(batch, vectors, strict=True)
+                ]
+            )
+        sink.finalize()
+        sink.close()
+
+    ensure_ray(settings)  # cluster start-up is paid once per cluster, not per job
+    report_holder: dict = {}
+
+    def pipeline() -> None:
+        report_holder["report"] = run_ingest(settings)
+
+    results = {}
+    for name, fn in (
+        ("raw embedder", raw),
+        ("sequential loop", sequential),
+        ("colray pipeline", pipeline),
+    ):
+        seconds, peak = timed(fn)
+        results[name] = (len(rows) / seconds, seconds, peak)
+    report = report_holder["report"]
+    assert report.points_written == len(rows), report
+
+    print(
+        f"corpus: {len(rows)} stdlib docstrings, model {args.model}, {threads} threads, {os.cpu_count()} cores"
+    )
+    print(f"{'variant':<18}{'docs/s':>10}{'seconds':>10}{'peak RSS MB':>14}")
+    for name, (rate, seconds, peak) in results.items():
+        print(f"{name:<18}{rate:>10.1f}{seconds:>10.1f}{peak / 2**20:>14.0f}")
+    print(f"pipeline stages (s): {report.stages_s}")
+    pipe, raw_rate, seq = (
+        results["colray pipeline"][0],
+        results["raw embedder"][0],
+        results["sequential loop"][0],
+    )
+    print(
+        f"pipeline/raw={pipe / raw_rate:.2f} pipeline/sequential={pipe / seq:.2f} "
+        f"peak_rss_mb={results['colray pipeline'][2] / 2**20:.0f} rows={len(rows)}"
+    )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
