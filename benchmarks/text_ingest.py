@@ -32,7 +32,11 @@ NO_HNSW_KB = 10**9
 
 
 class PeakRss:
-    """Peak resident memory of this process and all its descendants (Ray's workers too)."""
+    """Peak proportional set size (PSS) of this process and its descendants (Ray's workers).
+
+    PSS splits shared pages (Ray's object store, shared libraries) among the processes that
+    map them, so the sum over processes does not count them twice as RSS would.
+    """
 
     def __init__(self) -> None:
         self.peak = 0
@@ -41,10 +45,10 @@ class PeakRss:
 
     def _sample(self) -> int:
         me = psutil.Process()
-        total = me.memory_info().rss
+        total = me.memory_full_info().pss
         for child in me.children(recursive=True):
             with contextlib.suppress(psutil.Error):  # a worker may exit between list and read
-                total += child.memory_info().rss
+                total += child.memory_full_info().pss
         return total
 
     def _run(self) -> None:
@@ -75,6 +79,12 @@ def main() -> None:
     parser.add_argument("--model", default="minilm-token")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rows-per-call", type=int, default=256)
+    parser.add_argument("--actors", type=int, default=1, help="pipeline embedder actors")
+    parser.add_argument("--threads", type=int, default=None, help="threads per actor")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    parser.add_argument(
+        "--only", default="raw,sequential,sorted,pipeline", help="comma-separated variants"
+    )
     args = parser.parse_args()
 
     rows = list(stdlib_docstrings(public_only=False))[: args.rows]
@@ -83,7 +93,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="colray-bench-"))
     corpus = write_corpus(rows, work / "corpus", rows_per_file=1000)
     texts = [r["text"] for r in rows]
-    threads = os.cpu_count() or 1
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.actors)
     base = {
         "source": {
             "path": str(corpus),
@@ -96,6 +106,8 @@ def main() -> None:
             "batch_size": args.batch_size,
             "rows_per_call": args.rows_per_call,
             "threads_per_actor": threads,
+            "num_actors": args.actors,
+            "cpus_per_actor": args.cpus_per_actor,
         },
         "sink": {
             "kind": "edge",
@@ -105,7 +117,10 @@ def main() -> None:
         "run": {"dir": str(work / "runs"), "progress": False},
     }
     settings = load_settings(None, base=base)
-    embedder = load_embedder(settings.embed)
+    # The baselines get every core, whatever the pipeline's actors are set to.
+    embedder = load_embedder(
+        settings.embed.model_copy(update={"threads_per_actor": os.cpu_count()})
+    )
     embedder.embed_documents(texts[:64])  # warm-up: first-call allocations
 
     def raw() -> None:
@@ -129,6 +144,23 @@ def main() -> None:
         sink.finalize()
         sink.close()
 
+    def sequential_sorted() -> None:
+        """The same loop with colray's length-sorted groups: isolates what overlap buys."""
+        cfg = settings.sink.model_copy(update={"path": str(work / "sorted-store")})
+        sink = open_sink(cfg, layout_for(settings.embed, embedder))
+        sink.prepare()
+        for start in range(0, len(rows), args.rows_per_call):
+            batch = rows[start : start + args.rows_per_call]
+            vectors = embedder.embed_documents([r["text"] for r in batch])
+            sink.write(
+                [
+                    Point(point_id("bench", r["doc_id"]), {"text": v}, {"title": r["title"]})
+                    for r, v in zip(batch, vectors, strict=True)
+                ]
+            )
+        sink.finalize()
+        sink.close()
+
     ensure_ray(settings)  # cluster start-up is paid once per cluster, not per job
     report_holder: dict = {}
 
@@ -136,32 +168,38 @@ def main() -> None:
         report_holder["report"] = run_ingest(settings)
 
     results = {}
-    for name, fn in (
-        ("raw embedder", raw),
-        ("sequential loop", sequential),
-        ("colray pipeline", pipeline),
-    ):
+    variants = {
+        "raw": ("raw embedder", raw),
+        "sequential": ("sequential loop", sequential),
+        "sorted": ("sorted seq. loop", sequential_sorted),
+        "pipeline": ("colray pipeline", pipeline),
+    }
+    for key in args.only.split(","):
+        name, fn = variants[key]
         seconds, peak = timed(fn)
         results[name] = (len(rows) / seconds, seconds, peak)
-    report = report_holder["report"]
-    assert report.points_written == len(rows), report
-
     print(
         f"corpus: {len(rows)} stdlib docstrings, model {args.model}, {threads} threads, {os.cpu_count()} cores"
     )
-    print(f"{'variant':<18}{'docs/s':>10}{'seconds':>10}{'peak RSS MB':>14}")
+    print(f"{'variant':<18}{'docs/s':>10}{'seconds':>10}{'peak PSS MB':>14}")
     for name, (rate, seconds, peak) in results.items():
         print(f"{name:<18}{rate:>10.1f}{seconds:>10.1f}{peak / 2**20:>14.0f}")
-    print(f"pipeline stages (s): {report.stages_s}")
-    pipe, raw_rate, seq = (
-        results["colray pipeline"][0],
-        results["raw embedder"][0],
-        results["sequential loop"][0],
-    )
-    print(
-        f"pipeline/raw={pipe / raw_rate:.2f} pipeline/sequential={pipe / seq:.2f} "
-        f"peak_rss_mb={results['colray pipeline'][2] / 2**20:.0f} rows={len(rows)}"
-    )
+    if "report" in report_holder:
+        report = report_holder["report"]
+        assert report.points_written == len(rows), report
+        print(f"pipeline stages (s): {report.stages_s} first block after {report.first_block_s}s")
+    rate = {name: r[0] for name, r in results.items()}
+    ratios = []
+    if "colray pipeline" in rate:
+        for other, label in (
+            ("raw embedder", "raw"),
+            ("sequential loop", "sequential"),
+            ("sorted seq. loop", "sorted_sequential"),
+        ):
+            if other in rate:
+                ratios.append(f"pipeline/{label}={rate['colray pipeline'] / rate[other]:.2f}")
+        ratios.append(f"peak_pss_mb={results['colray pipeline'][2] / 2**20:.0f}")
+    print(" ".join([*ratios, f"rows={len(rows)}"]))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -27,7 +27,11 @@ def engine_config(engine: str, tmp_path, **extra) -> SinkConfig:
 def random_points(n: int, seed: int = 0) -> list[Point]:
     rng = np.random.default_rng(seed)
     return [
-        Point(point_id("t", str(i)), {"text": rng.normal(size=(2 + i % 5, 8)).astype(np.float32)}, {"i": i})
+        Point(
+            point_id("t", str(i)),
+            {"text": rng.normal(size=(2 + i % 5, 8)).astype(np.float32)},
+            {"i": i},
+        )
         for i in range(n)
     ]
 
@@ -45,13 +49,12 @@ def test_contract(engine, tmp_path) -> None:
     query = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
     hits = sink.query(query, using="text", limit=5)
     qn = query / np.linalg.norm(query, axis=1, keepdims=True)
-    expected = sorted(
-        (
-            (float((qn @ (v := p.vectors["text"] / np.linalg.norm(p.vectors["text"], axis=1, keepdims=True)).T).max(axis=1).sum()), p.id)
-            for p in points
-        ),
-        reverse=True,
-    )[:5]
+
+    def maxsim(doc: np.ndarray) -> float:
+        dn = doc / np.linalg.norm(doc, axis=1, keepdims=True)
+        return float((qn @ dn.T).max(axis=1).sum())
+
+    expected = sorted(((maxsim(p.vectors["text"]), p.id) for p in points), reverse=True)[:5]
     assert [h.id for h in hits] == [pid for _, pid in expected]
     np.testing.assert_allclose([h.score for h in hits], [s for s, _ in expected], atol=1e-4)
     assert {h.payload["i"] for h in sink.retrieve_all(with_vectors=False)} == set(range(20))

@@ -43,6 +43,7 @@ DEAD_LETTER_SCHEMA = pa.schema(
     ]
 )
 WRITES_IN_FLIGHT_PER_WRITER = 2
+BLOCK_BYTES = 16 << 20  # ~200 MiniLM documents or ~30 ColPali pages per block to a writer
 
 
 class LostRowsError(RuntimeError):
@@ -64,6 +65,9 @@ class RunReport:
     dead_lettered: int = 0
     skipped_existing: int = 0
     points_in_store: int = 0
+    # Seconds from the start until the first embedded block reached a writer: validation,
+    # model loads and actor start-up, the fixed cost a small job mostly consists of.
+    first_block_s: float | None = None
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     stages_s: dict[str, float] = field(default_factory=dict)
     rows_per_s: float = 0.0
@@ -86,11 +90,14 @@ class EmbedStage:
     dead-letter them; one bad row never fails its neighbours.
     """
 
-    def __init__(self, cfg: EmbedConfig, text_column: str, clock: Any):
+    def __init__(self, cfg: EmbedConfig, text_column: str, clock: Any, sink_ready: list[Any]):
         self.cfg = cfg
         self.text_column = text_column
         self.clock = clock
         self.embedder = load_embedder(cfg, use_gpu=cfg.num_gpus > 0)
+        # Nothing is embedded until every writer has accepted the store's layout.
+        if any(error is not None for error in ray.get(sink_ready)):
+            raise RuntimeError("the sink refused this job's layout; nothing was embedded")
 
     def __call__(self, table: pa.Table) -> pa.Table:
         start = time.perf_counter()
@@ -284,6 +291,7 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     run_dir = Path(settings.run.dir) / run_id
     report = RunReport(run_id=run_id, started_at=dt.datetime.now(dt.UTC).isoformat())
     source, embedder = prepare_run(settings)
+    prepared_s = time.perf_counter() - started
     layout = layout_for(settings.embed, embedder)
     report.source, report.model = source.name, settings.embed.model
     report.sink = _describe_sink(settings.sink)
@@ -293,8 +301,13 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = settings.run.progress
     ctx.verbose_stats_logs = False
+    # Ray Data holds a task's output until it reaches target_max_block_size (128 MiB by
+    # default), which kept embedded batches from the writers until whole tasks ended.
+    # It is put back when the run ends.
+    default_block_size, ctx.target_max_block_size = ctx.target_max_block_size, BLOCK_BYTES
     clock = StageClock.remote()
     writers = _start_writers(settings, layout, source)
+    writers_ready = [w.ready.remote() for w in writers]
     dead_path = run_dir / "dead_letters.parquet"
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -304,6 +317,7 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
                 "cfg": settings.embed,
                 "text_column": settings.source.text_column,
                 "clock": clock,
+                "sink_ready": writers_ready,
             },
             compute=ray.data.ActorPoolStrategy(size=settings.embed.num_actors),
             num_cpus=settings.embed.cpus_per_actor,
@@ -311,17 +325,31 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
             batch_size=settings.embed.rows_per_call,
             batch_format="pyarrow",
         )
+        # Starting execution spawns the embedder actors, whose start-up (seconds) overlaps
+        # the writers' checks; the actors still wait for those checks before embedding.
+        try:
+            bundles = dataset.iter_internal_ref_bundles()
+        finally:
+            # A refused layout also stops the embedders; the writer's reason is the one to tell.
+            writers_start = time.perf_counter()
+            errors = [e for e in ray.get(writers_ready) if e is not None]
+            writers_ready_s = time.perf_counter() - writers_start
+            if errors:
+                raise errors[0]
         with pq.ParquetWriter(dead_path, DEAD_LETTER_SCHEMA) as dead_out:
-            write_s = _drive_writes(dataset, writers, report, dead_out, settings)
+            write_s = _drive_writes(started, bundles, writers, report, dead_out, settings)
         finalize_start = time.perf_counter()
         result, report.points_in_store = ray.get(writers[0].finalize.remote())
         report.finalize = asdict(result)
         report.stages_s = {
+            "prepare": round(prepared_s, 3),
+            "writers_ready": round(writers_ready_s, 3),
             **{k: round(v, 3) for k, v in ray.get(clock.snapshot.remote()).items()},
             "write": round(write_s, 3),
             "finalize": round(time.perf_counter() - finalize_start, 3),
         }
     finally:
+        ctx.target_max_block_size = default_block_size
         for writer in writers:
             try:
                 ray.get(writer.close.remote())
@@ -358,18 +386,12 @@ def _start_writers(
             ray.get_runtime_context().get_node_id(), soft=False
         )
     args = (cfg, layout, settings.source.payload_columns, source.name)
-    writers = [SinkWriter.options(**options).remote(*args, prepare=i == 0) for i in range(count)]
-    # Surfaces an incompatible layout or an unreachable store before anything is embedded.
-    errors = [e for e in ray.get([w.ready.remote() for w in writers]) if e is not None]
-    if errors:
-        for writer in writers:
-            ray.kill(writer)
-        raise errors[0]
-    return writers
+    return [SinkWriter.options(**options).remote(*args, prepare=i == 0) for i in range(count)]
 
 
 def _drive_writes(
-    dataset: Any,
+    started: float,
+    bundles: Any,
     writers: list[Any],
     report: RunReport,
     dead_out: pq.ParquetWriter,
@@ -399,7 +421,11 @@ def _drive_writes(
             )
         bar.update(outcome.rows)
 
-    for bundle in dataset.iter_internal_ref_bundles():
+    # Bundles come from iter_internal_ref_bundles: block references, never the blocks
+    # (a Ray DeveloperAPI; its shape is pinned by ray 2.60.x in pyproject.toml).
+    for bundle in bundles:
+        if report.first_block_s is None:
+            report.first_block_s = round(time.perf_counter() - started, 3)
         for entry, block_slice in zip(bundle.blocks, bundle.slices, strict=True):
             while len(in_flight) >= WRITES_IN_FLIGHT_PER_WRITER * len(writers):
                 done, _ = ray.wait(list(in_flight), num_returns=1)

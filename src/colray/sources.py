@@ -114,7 +114,8 @@ def read_dataset(
     `clock`, when given, is an actor with `add(stage, seconds, rows)` that hears read times.
     """
     return ray.data.read_datasource(
-        ColraySource(source, clock), override_num_blocks=None if parallelism < 0 else parallelism
+        ColraySource(source, clock),
+        override_num_blocks=None if parallelism < 0 else parallelism,
     )
 
 

