@@ -127,13 +127,13 @@ def main() -> None:
         for start in range(0, len(texts), args.rows_per_call):
             embedder.embed_documents(texts[start : start + args.rows_per_call])
 
-    def sequential() -> None:
-        """The Qdrant tutorials' loop: embed a batch, upsert it, repeat; then re-enable indexing."""
-        cfg = settings.sink.model_copy(update={"path": str(work / "sequential-store")})
+    def embed_then_upsert(group: int, store: str) -> None:
+        """The Qdrant tutorials' loop: embed a group, upsert it, repeat; then re-enable indexing."""
+        cfg = settings.sink.model_copy(update={"path": str(work / store)})
         sink = open_sink(cfg, layout_for(settings.embed, embedder))
         sink.prepare()
-        for start in range(0, len(rows), args.batch_size):
-            batch = rows[start : start + args.batch_size]
+        for start in range(0, len(rows), group):
+            batch = rows[start : start + group]
             vectors = embedder.embed_documents([r["text"] for r in batch])
             sink.write(
                 [
@@ -144,22 +144,12 @@ def main() -> None:
         sink.finalize()
         sink.close()
 
+    def sequential() -> None:
+        embed_then_upsert(args.batch_size, "sequential-store")
+
     def sequential_sorted() -> None:
-        """The same loop with colray's length-sorted groups: isolates what overlap buys."""
-        cfg = settings.sink.model_copy(update={"path": str(work / "sorted-store")})
-        sink = open_sink(cfg, layout_for(settings.embed, embedder))
-        sink.prepare()
-        for start in range(0, len(rows), args.rows_per_call):
-            batch = rows[start : start + args.rows_per_call]
-            vectors = embedder.embed_documents([r["text"] for r in batch])
-            sink.write(
-                [
-                    Point(point_id("bench", r["doc_id"]), {"text": v}, {"title": r["title"]})
-                    for r, v in zip(batch, vectors, strict=True)
-                ]
-            )
-        sink.finalize()
-        sink.close()
+        """Groups of rows_per_call, length-sorted inside: isolates what overlap alone buys."""
+        embed_then_upsert(args.rows_per_call, "sorted-store")
 
     ensure_ray(settings)  # cluster start-up is paid once per cluster, not per job
     report_holder: dict = {}

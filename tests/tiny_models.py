@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from colray.embed.onnx_text import export_module_to_onnx
+
 BERT_SPECIALS = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -91,24 +93,7 @@ def build_tiny_colbert(
 
     onnx_path = out_dir / onnx_name
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    ids = torch.ones((2, 8), dtype=torch.long)
-    with torch.inference_mode():
-        torch.onnx.export(
-            # export() puts the module back in its previous mode afterwards, and a new
-            # Module starts in training mode: without .eval() dropout would be left on.
-            ColbertHead().eval(),
-            (ids, torch.ones_like(ids)),
-            str(onnx_path),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["contextual"],
-            dynamic_axes={
-                "input_ids": {0: "batch", 1: "seq"},
-                "attention_mask": {0: "batch", 1: "seq"},
-                "contextual": {0: "batch", 1: "seq"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
+    export_module_to_onnx(ColbertHead(), onnx_path, output_name="contextual")
     (out_dir / "artifact.metadata").write_text(
         json.dumps(
             {

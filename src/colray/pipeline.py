@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from colray.config import EmbedConfig, Settings, SinkConfig
 from colray.embed import Embedder, load_embedder
-from colray.sink import FinalizeResult, Point, VectorSpec, json_safe, open_sink
+from colray.sink import FinalizeResult, Point, Sink, VectorSpec, json_safe, open_sink
 from colray.sources import ERROR, ID, KEY, LOCATION, ResolvedSource, read_dataset, resolve_source
 
 log = logging.getLogger("colray")
@@ -181,6 +181,7 @@ class SinkWriter:
         # A failed start is reported by ready(), not raised: Ray would print the actor's
         # death with a traceback, and an incompatible store is a user error, not a crash.
         self.startup_error: Exception | None = None
+        self.sink: Sink | None = None
         try:
             self.sink = open_sink(cfg, layout)
             if prepare:
@@ -211,12 +212,12 @@ class SinkWriter:
             payload["_colray"] = {"key": columns[KEY][i], "source": self.source_name}
             points.append(Point(columns[ID][i], {self.layout[0].name: vectors}, payload))
         written = 0
+        row_of = {columns[ID][i]: i for i in range(table.num_rows)}
         for chunk_start in range(0, len(points), self.cfg.batch_size):
             chunk = points[chunk_start : chunk_start + self.cfg.batch_size]
             failed = self._write_isolating(chunk)
             written += len(chunk) - len(failed)
-            by_id = {columns[ID][i]: i for i in range(table.num_rows)}
-            dead.extend(_dead_letter(columns, by_id[pid], reason) for pid, reason in failed)
+            dead.extend(_dead_letter(columns, row_of[pid], reason) for pid, reason in failed)
         return WriteOutcome(table.num_rows, written, dead, time.perf_counter() - began)
 
     def _write_isolating(self, points: list[Point]) -> list[tuple[str, str]]:
@@ -241,7 +242,8 @@ class SinkWriter:
         return result, self.sink.count()
 
     def close(self) -> None:
-        self.sink.close()
+        if self.sink is not None:
+            self.sink.close()
 
 
 def _dead_letter(columns: dict[str, list[Any]], i: int, reason: str) -> dict[str, str | None]:
@@ -309,7 +311,6 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     writers = _start_writers(settings, layout, source)
     writers_ready = [w.ready.remote() for w in writers]
     dead_path = run_dir / "dead_letters.parquet"
-    run_dir.mkdir(parents=True, exist_ok=True)
     try:
         dataset = read_dataset(source, clock=clock).map_batches(
             EmbedStage,
@@ -336,6 +337,7 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
             writers_ready_s = time.perf_counter() - writers_start
             if errors:
                 raise errors[0]
+        run_dir.mkdir(parents=True, exist_ok=True)
         with pq.ParquetWriter(dead_path, DEAD_LETTER_SCHEMA) as dead_out:
             write_s = _drive_writes(started, bundles, writers, report, dead_out, settings)
         finalize_start = time.perf_counter()
@@ -353,6 +355,8 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
         for writer in writers:
             try:
                 ray.get(writer.close.remote())
+            except Exception as exc:  # never let cleanup hide the error that got us here
+                log.warning("closing a sink writer failed: %s", _short(exc))
             finally:
                 ray.kill(writer)
         ray.kill(clock)

@@ -12,7 +12,7 @@ import string
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -336,19 +336,29 @@ def _export(model_dir: Path, out: Path) -> None:
                 input_ids=input_ids, attention_mask=attention_mask
             ).last_hidden_state
 
+    export_module_to_onnx(LastHiddenState(model), out, output_name="last_hidden_state")
+
+
+def export_module_to_onnx(module: Any, out: Path, *, output_name: str) -> None:
+    """Export `forward(input_ids, attention_mask) -> (batch, seq, dim)` with dynamic shapes."""
+    import torch
+
     ids = torch.ones((2, 8), dtype=torch.long)
+    # export() puts the module back in its previous mode afterwards, and a new Module
+    # starts in training mode: without .eval() its dropout would be left on.
+    module = module.eval()
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about constant-folded shape checks
         torch.onnx.export(
-            LastHiddenState(model).eval(),
+            module,
             (ids, torch.ones_like(ids)),
             str(out),
             input_names=["input_ids", "attention_mask"],
-            output_names=["last_hidden_state"],
+            output_names=[output_name],
             dynamic_axes={
                 "input_ids": {0: "batch", 1: "seq"},
                 "attention_mask": {0: "batch", 1: "seq"},
-                "last_hidden_state": {0: "batch", 1: "seq"},
+                output_name: {0: "batch", 1: "seq"},
             },
             opset_version=17,
             dynamo=False,
