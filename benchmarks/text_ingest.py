@@ -40,16 +40,29 @@ class PeakRss:
 
     def __init__(self) -> None:
         self.peak = 0
+        self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (process title, CPU seconds)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
         me = psutil.Process()
-        total = me.memory_full_info().pss
-        for child in me.children(recursive=True):
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):  # a worker may exit between list and read
-                total += child.memory_full_info().pss
+                total += proc.memory_full_info().pss
+                times = proc.cpu_times()
+                title = "driver" if proc.pid == me.pid else " ".join(proc.cmdline()[:1])[:40]
+                self.cpu[proc.pid] = (title, times.user + times.system)
         return total
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds per process title during the variant."""
+        totals: dict[str, float] = {}
+        for pid, (title, seconds) in self.cpu.items():
+            seconds -= self.baseline.get(pid, 0.0)
+            key = title.split(" ")[0].split("/")[-1]
+            totals[key] = totals.get(key, 0.0) + seconds
+        return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -57,6 +70,9 @@ class PeakRss:
             time.sleep(0.25)
 
     def __enter__(self) -> PeakRss:
+        # Processes alive before the variant (the driver, Ray's daemons) count only from here.
+        self._sample()
+        self.baseline = {pid: seconds for pid, (_, seconds) in self.cpu.items()}
         self._thread.start()
         return self
 
@@ -65,12 +81,12 @@ class PeakRss:
         self._thread.join()
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, int]:
+def timed(fn: Callable[[], object]) -> tuple[float, PeakRss]:
     with PeakRss() as rss:
         start = time.perf_counter()
         fn()
         seconds = time.perf_counter() - start
-    return seconds, rss.peak
+    return seconds, rss
 
 
 def main() -> None:
@@ -166,8 +182,11 @@ def main() -> None:
     }
     for key in args.only.split(","):
         name, fn = variants[key]
-        seconds, peak = timed(fn)
-        results[name] = (len(rows) / seconds, seconds, peak)
+        seconds, sampler = timed(fn)
+        results[name] = (len(rows) / seconds, seconds, sampler.peak)
+        if key == "pipeline":
+            top = list(sampler.cpu_by_process().items())[:6]
+            cpu_line = ", ".join(f"{title} {sec:.0f}" for title, sec in top)
     print(
         f"corpus: {len(rows)} stdlib docstrings, model {args.model}, {threads} threads, {os.cpu_count()} cores"
     )
@@ -178,6 +197,7 @@ def main() -> None:
         report = report_holder["report"]
         assert report.points_written == len(rows), report
         print(f"pipeline stages (s): {report.stages_s} first block after {report.first_block_s}s")
+        print(f"pipeline CPU seconds by process: {cpu_line}")
     rate = {name: r[0] for name, r in results.items()}
     ratios = []
     if "colray pipeline" in rate:
