@@ -27,7 +27,7 @@ def test_precedence_yaml_env_set(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("COLRAY_SINK__PATH", "from-env")
     settings = load_settings(write(tmp_path, BASE), ["sink.path=from-set", "source.id_column=001"])
     assert settings.embed.batch_size == 8  # env beats YAML
-    assert settings.sink.path == "from-set"  # --set beats env
+    assert settings.sink.path == str(Path.cwd() / "from-set")  # --set beats env
     assert settings.source.id_column == "001"  # not turned into the number 1
     assert settings.source.payload_columns == ["title"]
 
@@ -87,3 +87,36 @@ def test_api_key_only_from_environment_or_file(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv(API_KEY_ENV)
     settings = load_settings(write(tmp_path, BASE), [f"sink.api_key_file={key_file}"])
     assert settings.sink.resolved_api_key() == secret
+
+
+def test_local_paths_become_absolute_in_the_driver(tmp_path, monkeypatch) -> None:
+    """Ray workers may run in another folder (uv run packages the project): no relative paths."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "model").mkdir()
+    settings = load_settings(
+        write(
+            tmp_path, "source: {path: docs, text_column: text}\nsink: {kind: edge, path: store}\n"
+        ),
+        ["embed.model=model", "embed.cache_dir=cache"],
+    )
+    assert settings.source.path == str(tmp_path / "docs")
+    assert settings.sink.path == str(tmp_path / "store")
+    assert settings.run.dir == str(tmp_path / ".colray" / "runs")
+    assert settings.embed.model == str(tmp_path / "model")
+    assert settings.embed.cache_dir == str(tmp_path / "cache")
+    hub = load_settings(
+        write(
+            tmp_path,
+            "source: {path: org/name, format: hf, text_column: t}\nsink: {kind: edge, path: s}\n",
+        )
+    )
+    assert hub.source.path == "org/name" and hub.embed.model == "minilm-token"
+
+
+def test_ray_uv_repackaging_is_off_by_default() -> None:
+    import os
+
+    import colray  # noqa: F401  (the package sets the default on import)
+
+    assert os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] == "0"

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -31,6 +39,11 @@ class ConfigError(Exception):
     def __init__(self, problems: Iterable[str]):
         self.problems = list(problems)
         super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+def _absolute(path: str) -> str:
+    """Local paths made absolute here, in the driver: Ray workers may run in another folder."""
+    return str(Path(path).expanduser().absolute())
 
 
 class _Section(BaseModel):
@@ -63,6 +76,16 @@ class SourceConfig(_Section):
     rows_per_block: int = Field(
         default=1024, gt=0, description="Rows per Ray block produced by the reader."
     )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_local_path(cls, value: str) -> str:
+        # A Hub dataset id ("org/name") is left alone unless such a folder exists here.
+        if "://" in value or not (
+            Path(value).expanduser().exists() or any(c in value for c in "*?[")
+        ):
+            return value
+        return _absolute(value)
 
 
 class EmbedConfig(_Section):
@@ -98,6 +121,16 @@ class EmbedConfig(_Section):
     cache_dir: str | None = Field(
         default=None, description="Where exported ONNX models are cached (~/.cache/colray)."
     )
+
+    @field_validator("model")
+    @classmethod
+    def _absolute_model_dir(cls, value: str) -> str:
+        return _absolute(value) if Path(value).expanduser().is_dir() else value
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _absolute_cache_dir(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(value)
 
     def threads(self) -> int:
         """Inference threads per actor: as set, else this node's cores shared among actors."""
@@ -136,6 +169,11 @@ class SinkConfig(_Section):
     retry_attempts: int = Field(default=5, ge=1, description="Attempts per transient failure.")
     retry_timeout_s: float = Field(default=120.0, gt=0, description="Retry budget per request.")
 
+    @field_validator("path")
+    @classmethod
+    def _absolute_store_path(cls, value: str | None) -> str | None:
+        return _absolute(value) if value else value
+
     @model_validator(mode="after")
     def _check_target(self) -> SinkConfig:
         if self.kind == "edge" and not self.path:
@@ -155,11 +193,20 @@ class SinkConfig(_Section):
 class RunConfig(_Section):
     """Where a run leaves its report and dead letters, and which Ray cluster it uses."""
 
-    dir: str = Field(default=".colray/runs", description="Parent directory of run folders.")
+    dir: str = Field(
+        default=".colray/runs",
+        validate_default=True,
+        description="Parent directory of run folders.",
+    )
     ray_address: str | None = Field(
         default=None, description="Ray cluster to join; unset starts or joins a local one."
     )
     progress: bool = Field(default=True, description="Show progress bars.")
+
+    @field_validator("dir")
+    @classmethod
+    def _absolute_run_dir(cls, value: str) -> str:
+        return _absolute(value)
 
 
 class Settings(BaseSettings):
