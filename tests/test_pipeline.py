@@ -12,7 +12,7 @@ import pytest
 
 from colray.config import Settings, load_settings
 from colray.embed import load_embedder
-from colray.pipeline import layout_for, run_ingest
+from colray.pipeline import _describe_sink, layout_for, run_ingest
 from colray.sink import open_sink
 
 BAD_ROWS = [
@@ -116,3 +116,12 @@ def test_ingest_query_and_rerun(
     again = run_ingest(settings)
     assert again.points_in_store == 60  # the same ids were overwritten, nothing added
     assert again.points_written == 60 and again.dead_lettered == 3
+
+
+def test_report_describes_the_sink_without_credentials() -> None:
+    from colray.config import SinkConfig
+
+    cfg = SinkConfig(kind="qdrant", url="https://user:s3cret@q.example.com:6333/?api-key=s3cret")
+    described = _describe_sink(cfg)
+    assert described["where"] == "https://q.example.com:6333/"
+    assert "s3cret" not in str(described)

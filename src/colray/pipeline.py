@@ -16,6 +16,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
@@ -125,7 +126,7 @@ class EmbedStage:
         out = table.drop_columns([ERROR]).append_column(ERROR, pa.array(errors, pa.string()))
         out = out.append_column(VECTORS, pa.array(vectors, pa.binary()))
         out = out.append_column(NUM_VECTORS, pa.array(counts, pa.int32()))
-        ray.get(self.clock.add.remote("embed", time.perf_counter() - start, len(texts)))
+        ray.get(self.clock.add.remote("embed", time.perf_counter() - start))
         return out
 
     def _embed_isolating(self, texts: list[str]) -> list[np.ndarray | str]:
@@ -147,7 +148,7 @@ class StageClock:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = collections.defaultdict(float)
 
-    def add(self, stage: str, seconds: float, rows: int) -> None:
+    def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] += seconds
 
     def snapshot(self) -> dict[str, float]:
@@ -450,6 +451,10 @@ def _drive_writes(
 def _describe_sink(cfg: SinkConfig) -> dict[str, Any]:
     """The sink as the report shows it: where, never credentials."""
     where = cfg.url or cfg.path
+    if cfg.url:  # user:password@ and ?api-key= would leak credentials
+        parts = urlsplit(cfg.url)
+        host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or ""
+        where = urlunsplit((parts.scheme, host, parts.path, "", ""))
     return {
         "kind": cfg.kind,
         "where": where,

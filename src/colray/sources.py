@@ -111,7 +111,7 @@ def read_dataset(
 ) -> ray.data.Dataset:
     """The source as a Ray dataset of Arrow blocks carrying point ids, keys and locations.
 
-    `clock`, when given, is an actor with `add(stage, seconds, rows)` that hears read times.
+    `clock`, when given, is an actor with `add(stage, seconds)` that hears read times.
     """
     return ray.data.read_datasource(
         ColraySource(source, clock),
@@ -157,7 +157,7 @@ def _read_pieces(source: ResolvedSource, pieces: list[Piece], clock: Any) -> Ite
             if block is None:
                 break
             if clock is not None:
-                ray.get(clock.add.remote("read", time.perf_counter() - start, block.num_rows))
+                ray.get(clock.add.remote("read", time.perf_counter() - start))
             yield block
 
 
