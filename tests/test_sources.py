@@ -132,3 +132,9 @@ def test_ray_reads_every_row_once(ray_session, parquet_dir) -> None:
     rows = read_dataset(source).take_all()
     assert sorted(r["doc_id"] for r in rows) == sorted(r["doc_id"] for r in ROWS)
     assert len({r[ID] for r in rows}) == 30
+
+
+def test_unreadable_file_is_named(parquet_dir) -> None:
+    (parquet_dir / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(ConfigError, match=r"broken\.parquet cannot be read as parquet"):
+        resolve_source(SourceConfig(path=str(parquet_dir), text_column="text"))

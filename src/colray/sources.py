@@ -84,7 +84,11 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
     problems: list[str] = []
     for path, file_format in files:
         relative = _relative(path, root)
-        schema, file_pieces = _inspect(filesystem, path, relative, file_format)
+        try:
+            schema, file_pieces = _inspect(filesystem, path, relative, file_format)
+        except (pa.ArrowException, OSError) as exc:
+            problems.append(f"source: {relative} cannot be read as {file_format}: {exc}")
+            continue
         missing = [c for c in wanted if c not in schema.names]
         if missing:
             problems.append(
