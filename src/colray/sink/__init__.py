@@ -46,6 +46,17 @@ class Hit:
     vectors: dict[str, np.ndarray] | None = None
 
 
+def hit_from_record(point: Any) -> Hit:
+    """A scored point or record from either engine (both carry id, score, payload, vector)."""
+    vectors = point.vector if isinstance(point.vector, dict) else None
+    return Hit(
+        str(point.id),
+        float(getattr(point, "score", 0.0) or 0.0),
+        dict(point.payload or {}),
+        {k: np.asarray(v, np.float32) for k, v in vectors.items()} if vectors else None,
+    )
+
+
 @dataclass
 class FinalizeResult:
     status: str

@@ -12,7 +12,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from colray.config import SinkConfig
-from colray.sink import FinalizeResult, Hit, Point, SinkError, VectorSpec
+from colray.sink import FinalizeResult, Hit, Point, SinkError, VectorSpec, hit_from_record
 
 # Indexing switched off while loading: building HNSW per batch would be rebuilt anyway.
 INDEXING_OFF = 0
@@ -109,7 +109,7 @@ class EdgeSink:
             with_payload=True,
             with_vector=with_vectors,
         )
-        return [_hit(p) for p in self._open().query(request)]
+        return [hit_from_record(p) for p in self._open().query(request)]
 
     def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
         hits: list[Hit] = []
@@ -120,7 +120,7 @@ class EdgeSink:
                     limit=256, offset=offset, with_payload=True, with_vector=with_vectors
                 )
             )
-            hits.extend(_hit(r) for r in records)
+            hits.extend(hit_from_record(r) for r in records)
             if offset is None:
                 return hits
 
@@ -133,15 +133,3 @@ class EdgeSink:
         if self.shard is not None:
             self.shard.close()
             self.shard = None
-
-
-def _hit(point: qe.ScoredPoint | qe.Record) -> Hit:
-    vectors = None
-    if point.vector:
-        vectors = {k: np.asarray(v, np.float32) for k, v in dict(point.vector).items()}
-    return Hit(
-        str(point.id),
-        float(getattr(point, "score", 0.0) or 0.0),
-        dict(point.payload or {}),
-        vectors,
-    )

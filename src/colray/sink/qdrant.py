@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import stamina
@@ -15,7 +15,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from colray.config import SinkConfig
-from colray.sink import FinalizeResult, Hit, Point, SinkError, VectorSpec
+from colray.sink import FinalizeResult, Hit, Point, SinkError, VectorSpec, hit_from_record
 
 T = TypeVar("T")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
@@ -178,7 +178,7 @@ class QdrantSink:
                 with_vectors=with_vectors,
             )
         )
-        return [_hit(p) for p in response.points]
+        return [hit_from_record(p) for p in response.points]
 
     def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
         hits: list[Hit] = []
@@ -193,21 +193,9 @@ class QdrantSink:
                     with_vectors=with_vectors,
                 )
             )
-            hits.extend(_hit(r) for r in records)
+            hits.extend(hit_from_record(r) for r in records)
             if offset is None:
                 return hits
 
     def close(self) -> None:
         self.client.close()
-
-
-def _hit(point: Any) -> Hit:
-    vectors = None
-    if isinstance(point.vector, dict):
-        vectors = {k: np.asarray(v, np.float32) for k, v in point.vector.items()}
-    return Hit(
-        str(point.id),
-        float(getattr(point, "score", 0.0) or 0.0),
-        dict(point.payload or {}),
-        vectors,
-    )
