@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -28,12 +29,24 @@ from tqdm import tqdm
 from colray.config import EmbedConfig, Settings, SinkConfig
 from colray.embed import Embedder, load_embedder
 from colray.sink import FinalizeResult, Point, Sink, VectorSpec, json_safe, open_sink
-from colray.sources import ERROR, ID, KEY, LOCATION, ResolvedSource, read_dataset, resolve_source
+from colray.sources import (
+    ERROR,
+    ID,
+    KEY,
+    LOCATION,
+    READ_SECONDS,
+    ResolvedSource,
+    read_dataset,
+    resolve_source,
+    with_stage_seconds,
+)
 
 log = logging.getLogger("colray")
 
 VECTORS = "_colray_vectors"  # float32 bytes, row-major (n_vectors, dim)
 NUM_VECTORS = "_colray_num_vectors"
+EMBED_SECONDS = "_colray_embed_s"
+STAGE_COLUMNS = {"read": READ_SECONDS, "embed": EMBED_SECONDS}
 DEAD_LETTER_SCHEMA = pa.schema(
     [
         ("point_id", pa.string()),
@@ -91,10 +104,9 @@ class EmbedStage:
     dead-letter them; one bad row never fails its neighbours.
     """
 
-    def __init__(self, cfg: EmbedConfig, text_column: str, clock: Any, sink_ready: list[Any]):
+    def __init__(self, cfg: EmbedConfig, text_column: str, sink_ready: list[Any]):
         self.cfg = cfg
         self.text_column = text_column
-        self.clock = clock
         self.embedder = load_embedder(cfg, use_gpu=cfg.num_gpus > 0)
         # Nothing is embedded until every writer has accepted the store's layout.
         if any(error is not None for error in ray.get(sink_ready)):
@@ -126,8 +138,7 @@ class EmbedStage:
         out = table.drop_columns([ERROR]).append_column(ERROR, pa.array(errors, pa.string()))
         out = out.append_column(VECTORS, pa.array(vectors, pa.binary()))
         out = out.append_column(NUM_VECTORS, pa.array(counts, pa.int32()))
-        ray.get(self.clock.add.remote("embed", time.perf_counter() - start))
-        return out
+        return with_stage_seconds(out, EMBED_SECONDS, time.perf_counter() - start)
 
     def _embed_isolating(self, texts: list[str]) -> list[np.ndarray | str]:
         if not texts:
@@ -141,26 +152,13 @@ class EmbedStage:
             return self._embed_isolating(texts[:half]) + self._embed_isolating(texts[half:])
 
 
-@ray.remote(num_cpus=0)
-class StageClock:
-    """Sums the seconds each stage spends, reported by tasks and actors across the cluster."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = collections.defaultdict(float)
-
-    def add(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] += seconds
-
-    def snapshot(self) -> dict[str, float]:
-        return dict(self.seconds)
-
-
 @dataclass
 class WriteOutcome:
     rows: int
     points_written: int
     dead_letters: list[dict[str, str | None]]
     seconds: float
+    upstream_seconds: dict[str, float]  # read and embed time of these rows
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -219,7 +217,11 @@ class SinkWriter:
             failed = self._write_isolating(chunk)
             written += len(chunk) - len(failed)
             dead.extend(_dead_letter(columns, row_of[pid], reason) for pid, reason in failed)
-        return WriteOutcome(table.num_rows, written, dead, time.perf_counter() - began)
+        upstream = {
+            stage: pc.sum(table.column(column)).as_py() or 0.0
+            for stage, column in STAGE_COLUMNS.items()
+        }
+        return WriteOutcome(table.num_rows, written, dead, time.perf_counter() - began, upstream)
 
     def _write_isolating(self, points: list[Point]) -> list[tuple[str, str]]:
         """Write; on a non-transient rejection split the batch until the bad points are alone."""
@@ -308,17 +310,15 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     # default), which kept embedded batches from the writers until whole tasks ended.
     # It is put back when the run ends.
     default_block_size, ctx.target_max_block_size = ctx.target_max_block_size, BLOCK_BYTES
-    clock = StageClock.remote()
     writers = _start_writers(settings, layout, source)
     writers_ready = [w.ready.remote() for w in writers]
     dead_path = run_dir / "dead_letters.parquet"
     try:
-        dataset = read_dataset(source, clock=clock).map_batches(
+        dataset = read_dataset(source).map_batches(
             EmbedStage,
             fn_constructor_kwargs={
                 "cfg": settings.embed,
                 "text_column": settings.source.text_column,
-                "clock": clock,
                 "sink_ready": writers_ready,
             },
             compute=ray.data.ActorPoolStrategy(size=settings.embed.num_actors),
@@ -340,15 +340,14 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
                 raise errors[0]
         run_dir.mkdir(parents=True, exist_ok=True)
         with pq.ParquetWriter(dead_path, DEAD_LETTER_SCHEMA) as dead_out:
-            write_s = _drive_writes(started, bundles, writers, report, dead_out, settings)
+            stage_s = _drive_writes(started, bundles, writers, report, dead_out, settings)
         finalize_start = time.perf_counter()
         result, report.points_in_store = ray.get(writers[0].finalize.remote())
         report.finalize = asdict(result)
         report.stages_s = {
             "prepare": round(prepared_s, 3),
             "writers_ready": round(writers_ready_s, 3),
-            **{k: round(v, 3) for k, v in ray.get(clock.snapshot.remote()).items()},
-            "write": round(write_s, 3),
+            **{stage: round(seconds, 3) for stage, seconds in stage_s.items()},
             "finalize": round(time.perf_counter() - finalize_start, 3),
         }
     finally:
@@ -360,7 +359,6 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
                 log.warning("closing a sink writer failed: %s", _short(exc))
             finally:
                 ray.kill(writer)
-        ray.kill(clock)
     report.duration_s = round(time.perf_counter() - started, 3)
     report.rows_per_s = round(report.rows_read / report.duration_s, 2) if report.duration_s else 0.0
     report.finished_at = dt.datetime.now(dt.UTC).isoformat()
@@ -402,23 +400,25 @@ def _drive_writes(
     dead_out: pq.ParquetWriter,
     settings: Settings,
 ) -> float:
-    """Hand each embedded block to the least busy writer; the data never passes the driver."""
+    """Hand each embedded block to the least busy writer; the data never passes the driver.
+
+    Returns the seconds each stage (read, embed, write) spent, summed over the cluster.
+    """
     in_flight: dict[Any, int] = {}
     load = [0] * len(writers)
-    write_s = 0.0
+    stage_s: collections.Counter[str] = collections.Counter()
     reasons: collections.Counter[str] = collections.Counter()
     bar = tqdm(
         total=report.rows_in_source, unit="row", desc="written", disable=not settings.run.progress
     )
 
     def collect(ref: Any) -> None:
-        nonlocal write_s
         outcome: WriteOutcome = ray.get(ref)
         load[in_flight.pop(ref)] -= 1
         report.rows_read += outcome.rows
         report.points_written += outcome.points_written
         report.dead_lettered += len(outcome.dead_letters)
-        write_s += outcome.seconds
+        stage_s.update({**outcome.upstream_seconds, "write": outcome.seconds})
         if outcome.dead_letters:
             dead_out.write_table(pa.Table.from_pylist(outcome.dead_letters, DEAD_LETTER_SCHEMA))
             reasons.update(
@@ -445,7 +445,7 @@ def _drive_writes(
         collect(done[0])
     bar.close()
     report.dead_letter_reasons = dict(reasons.most_common())
-    return write_s
+    return dict(stage_s)
 
 
 def _describe_sink(cfg: SinkConfig) -> dict[str, Any]:

@@ -32,6 +32,9 @@ ID = "_colray_id"
 KEY = "_colray_key"
 LOCATION = "_colray_location"
 ERROR = "_colray_error"
+# Seconds each stage spent on a row (its block's time shared evenly), so stage timings
+# travel with the data instead of through a separate actor.
+READ_SECONDS = "_colray_read_s"
 
 
 def point_id(source_name: str, row_key: str) -> str:
@@ -110,15 +113,10 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
     return ResolvedSource(cfg, cfg.name or name, pieces, filesystem, wanted)
 
 
-def read_dataset(
-    source: ResolvedSource, *, clock: Any = None, parallelism: int = -1
-) -> ray.data.Dataset:
-    """The source as a Ray dataset of Arrow blocks carrying point ids, keys and locations.
-
-    `clock`, when given, is an actor with `add(stage, seconds)` that hears read times.
-    """
+def read_dataset(source: ResolvedSource, *, parallelism: int = -1) -> ray.data.Dataset:
+    """The source as a Ray dataset of Arrow blocks carrying point ids, keys and locations."""
     return ray.data.read_datasource(
-        ColraySource(source, clock),
+        ColraySource(source),
         override_num_blocks=None if parallelism < 0 else parallelism,
     )
 
@@ -126,10 +124,9 @@ def read_dataset(
 class ColraySource(Datasource):
     """Ray Data reader over resolved pieces; knows exact row counts before reading."""
 
-    def __init__(self, source: ResolvedSource, clock: Any = None):
+    def __init__(self, source: ResolvedSource):
         super().__init__()
         self.source = source
-        self.clock = clock
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(p.size_bytes for p in self.source.pieces)
@@ -147,12 +144,12 @@ class ColraySource(Datasource):
                 input_files=[p.path for p in group],
                 exec_stats=None,
             )
-            read = partial(_read_pieces, self.source, group, self.clock)
+            read = partial(_read_pieces, self.source, group)
             tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
-def _read_pieces(source: ResolvedSource, pieces: list[Piece], clock: Any) -> Iterator[pa.Table]:
+def _read_pieces(source: ResolvedSource, pieces: list[Piece]) -> Iterator[pa.Table]:
     for piece in pieces:
         blocks = read_piece(source, piece)
         while True:
@@ -160,9 +157,12 @@ def _read_pieces(source: ResolvedSource, pieces: list[Piece], clock: Any) -> Ite
             block = next(blocks, None)
             if block is None:
                 break
-            if clock is not None:
-                ray.get(clock.add.remote("read", time.perf_counter() - start))
-            yield block
+            yield with_stage_seconds(block, READ_SECONDS, time.perf_counter() - start)
+
+
+def with_stage_seconds(table: pa.Table, column: str, seconds: float) -> pa.Table:
+    share = seconds / table.num_rows if table.num_rows else 0.0
+    return table.append_column(column, pa.array([share] * table.num_rows, pa.float64()))
 
 
 def read_piece(source: ResolvedSource, piece: Piece) -> Iterator[pa.Table]:
