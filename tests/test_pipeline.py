@@ -13,7 +13,7 @@ import pytest
 from colray.config import Settings, load_settings
 from colray.embed import load_embedder
 from colray.pipeline import _describe_sink, layout_for, run_ingest
-from colray.sink import open_sink
+from colray.sink import QueryPlan, open_sink
 
 BAD_ROWS = [
     {"doc_id": "bad-null", "title": "null text", "text": None},
@@ -103,7 +103,7 @@ def test_ingest_query_and_rerun(
         longest = sorted(module_docs[:60], key=lambda d: -len(d["text"]))[:5]
         for doc in longest:
             query = embedder.embed_query(" ".join(doc["text"].split()[:15]))
-            hits = sink.query(query, using="text", limit=5)
+            hits = sink.query(query, QueryPlan("text"), limit=5)
             assert hits[0].payload["title"] == doc["title"]  # known item comes first
             brute = sorted(
                 ((maxsim(query, p.vectors["text"]), p.id) for p in stored), reverse=True

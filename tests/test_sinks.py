@@ -11,7 +11,7 @@ import pytest
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from colray.config import SinkConfig
-from colray.sink import Point, SinkError, VectorSpec, json_safe, open_sink
+from colray.sink import Point, QueryPlan, SinkError, VectorSpec, json_safe, open_sink
 from colray.sink.qdrant import is_transient
 from colray.sources import point_id
 
@@ -47,7 +47,7 @@ def test_contract(engine, tmp_path) -> None:
     assert result.status == "green"
     assert sink.count() == 20
     query = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
-    hits = sink.query(query, using="text", limit=5)
+    hits = sink.query(query, QueryPlan("text"), limit=5)
     qn = query / np.linalg.norm(query, axis=1, keepdims=True)
 
     def maxsim(doc: np.ndarray) -> float:

@@ -103,14 +103,24 @@ def _build_parser() -> argparse.ArgumentParser:
         "query",
         help="search a collection with a text query",
         formatter_class=formatter,
-        description="Embed TEXT with the job's model and return the best matches by MaxSim.",
+        description="Embed TEXT with the job's model and return the best matches by MaxSim.\n"
+        "Page vectors are searched with the image model's query processor; with the\n"
+        "scale-ready layout (image.pooled) candidates come from the row/column-pooled\n"
+        "vectors and are reranked on the original page vectors.",
         epilog='example:\n  colray query --config job.yaml --limit 5 "read zip archives"\n'
-        "  colray query --config job.yaml --json \"parse arguments\" | jq '.[0].payload'",
+        "  colray query --config job.yaml --json \"parse arguments\" | jq '.[0].payload'\n"
+        '  colray query --config pages.yaml --vector page "revenue by quarter"',
     )
     _add_config_args(query)
     query.add_argument("--limit", type=int, default=5, metavar="K", help="results (default 5)")
     query.add_argument(
         "--json", action="store_true", help="print a JSON list of {id, score, payload}"
+    )
+    query.add_argument(
+        "--vector",
+        metavar="NAME",
+        help="which named vector to search in a text+image job (default: the text vector "
+        "when the job has text, else the page vector)",
     )
     query.add_argument("text", metavar="TEXT", help="the query")
     query.set_defaults(handler=_cmd_query)
@@ -183,7 +193,7 @@ def _ingest(settings: Settings, report_path: str | None) -> int:
 
 def _cmd_query(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, args.overrides)
-    hits = search(settings, args.text, limit=args.limit)
+    hits = search(settings, args.text, limit=args.limit, vector=args.vector)
     if args.json:
         print(
             json.dumps(
@@ -197,17 +207,49 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def search(settings: Settings, text: str, *, limit: int) -> list[dict[str, Any]]:
-    """Embed `text` with the job's model and query the job's sink; no Ray needed."""
-    from colray.embed import load_embedder
-    from colray.pipeline import layout_for
-    from colray.sink import SinkError, open_sink
+def search(
+    settings: Settings, text: str, *, limit: int, vector: str | None = None
+) -> list[dict[str, Any]]:
+    """Embed `text` with the model of the vector searched and query the job's sink; no Ray."""
+    from colray.sink import QueryPlan, SinkError, open_sink
 
-    embedder = load_embedder(settings.embed)
-    sink = open_sink(settings.sink, layout_for(settings.embed, embedder))
+    image = settings.image
+    use_image = vector == image.vector_name or (
+        vector is None and not settings.source.text_column and settings.source.image_column
+    )
+    if use_image:
+        from colray.embed.colpali import ColPaliFamilyEmbedder, describe_image_model
+        from colray.pipeline import image_layout
+
+        if image.model is None:
+            raise ConfigError(["image.model: required to search page vectors"])
+        try:
+            info = describe_image_model(image.model)
+        except (ValueError, OSError) as exc:
+            raise ConfigError([f"image.model: {exc}"]) from None
+        embedder: Any = ColPaliFamilyEmbedder(info, image)
+        layout = image_layout(image, info)
+        plan = QueryPlan(
+            using=image.vector_name,
+            prefetch=tuple(image.vector_names()[1:]),
+            prefetch_limit=max(image.prefetch_limit, limit),
+            oversampling=image.oversampling if image.binary_quantization else None,
+            rescore=image.rescore if image.binary_quantization else None,
+        )
+    else:
+        from colray.embed import load_embedder
+        from colray.pipeline import layout_for
+
+        if vector not in (None, settings.embed.vector_name):
+            known = [settings.embed.vector_name, image.vector_name]
+            raise ConfigError([f"--vector: {vector!r} is not one of {', '.join(known)}"])
+        embedder = load_embedder(settings.embed)
+        layout = layout_for(settings.embed, embedder)
+        plan = QueryPlan(using=settings.embed.vector_name)
+    sink = open_sink(settings.sink, layout)
     try:
         sink.open_for_reading()
-        hits = sink.query(embedder.embed_query(text), using=settings.embed.vector_name, limit=limit)
+        hits = sink.query(embedder.embed_query(text), plan, limit=limit)
     except SinkError as exc:
         raise ConfigError([f"sink: {exc}"]) from None
     finally:

@@ -58,7 +58,14 @@ class SourceConfig(_Section):
         "format=hf a save_to_disk directory, a local parquet export, or a Hub dataset id."
     )
     format: Literal["parquet", "hf"] = "parquet"
-    text_column: str = Field(description="Column holding the text to embed.")
+    text_column: str | None = Field(
+        default=None, description="Column holding the text to embed (with `embed`)."
+    )
+    image_column: str | None = Field(
+        default=None,
+        description="Column holding page images (with `image`): an HF Image struct "
+        "{bytes, path}, raw bytes, or a file path/URI.",
+    )
     id_column: str | None = Field(
         default=None,
         description="Column with a stable row key. Without it the key is file + row number.",
@@ -86,6 +93,18 @@ class SourceConfig(_Section):
         ):
             return value
         return _absolute(value)
+
+    @model_validator(mode="after")
+    def _something_to_embed(self) -> SourceConfig:
+        if not self.text_column and not self.image_column:
+            raise ValueError("set source.text_column, source.image_column or both")
+        if self.image_column and "rows_per_block" not in self.model_fields_set:
+            self.rows_per_block = IMAGE_ROWS_PER_BLOCK
+        return self
+
+
+# Pages are ~100x larger than text rows; small blocks keep them from piling up in memory.
+IMAGE_ROWS_PER_BLOCK = 32
 
 
 class EmbedConfig(_Section):
@@ -135,6 +154,63 @@ class EmbedConfig(_Section):
     def threads(self) -> int:
         """Inference threads per actor: as set, else this node's cores shared among actors."""
         return self.threads_per_actor or max(1, (os.cpu_count() or 1) // self.num_actors)
+
+
+class ImageConfig(_Section):
+    """Which ColPali-family model embeds the page images, and the collection layout for them."""
+
+    model: str | None = Field(
+        default=None,
+        description="A local model directory or a Hub id of a colpali-engine model "
+        "(ColPali, ColQwen2, ColQwen2.5, ColIdefics3/ColSmol, ColModernVBert).",
+    )
+    vector_name: str = Field(default="page", description="Named vector of the page.")
+    batch_size: int = Field(default=4, gt=0, description="Images per forward pass.")
+    rows_per_call: int = Field(default=16, gt=0, description="Rows handed to an actor at once.")
+    num_actors: int = Field(default=1, gt=0, description="Image embedder actors.")
+    cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs reserved per actor.")
+    threads_per_actor: int | None = Field(
+        default=None, gt=0, description="torch threads per actor on CPU (default: cores/actors)."
+    )
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per actor; 0 runs on CPU.")
+    decode_cpus: float = Field(
+        default=1.0, gt=0, description="CPUs reserved per image-decoding task."
+    )
+    max_pixels: int = Field(
+        default=40_000_000,
+        gt=0,
+        description="Images with more pixels are refused before decoding (bomb guard).",
+    )
+    pooled: bool = Field(
+        default=True,
+        description="Scale-ready layout: also store the page pooled by rows and by columns "
+        "with HNSW for the first stage, and keep the original for reranking only (m=0). "
+        "Turn off for small collections.",
+    )
+    on_disk: bool = Field(default=False, description="Keep the original vectors on disk.")
+    binary_quantization: bool = Field(
+        default=False, description="Binary-quantize the original vectors (kept in RAM)."
+    )
+    prefetch_limit: int = Field(
+        default=200, gt=0, description="Query: candidates from the pooled vectors to rerank."
+    )
+    oversampling: float = Field(
+        default=2.0, ge=1.0, description="Query: oversampling with binary quantization."
+    )
+    rescore: bool = Field(default=True, description="Query: rescore quantized candidates.")
+
+    @field_validator("model")
+    @classmethod
+    def _absolute_model_dir(cls, value: str | None) -> str | None:
+        return _absolute(value) if value and Path(value).expanduser().is_dir() else value
+
+    def threads(self) -> int:
+        return self.threads_per_actor or max(1, (os.cpu_count() or 1) // self.num_actors)
+
+    def vector_names(self) -> list[str]:
+        """The original page vector, then the pooled ones the scale-ready layout adds."""
+        name = self.vector_name
+        return [name, f"{name}_rows", f"{name}_cols"] if self.pooled else [name]
 
 
 class SinkConfig(_Section):
@@ -221,6 +297,7 @@ class Settings(BaseSettings):
 
     source: SourceConfig
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
     sink: SinkConfig
     run: RunConfig = Field(default_factory=RunConfig)
 
@@ -235,6 +312,23 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_layer = InitSettingsSource(settings_cls, init_kwargs=_yaml_layer.get() or {})
         return (init_settings, env_settings, yaml_layer)
+
+    @model_validator(mode="after")
+    def _image_needs_model(self) -> Settings:
+        if self.source.image_column and not self.image.model:
+            raise ValueError("image.model: required when source.image_column is set")
+        if self.source.image_column in self.source.payload_columns:
+            raise ValueError(
+                "source.payload_columns: the image column is embedded, not copied into "
+                "payloads (Qdrant payloads are JSON); leave it out"
+            )
+        both = self.source.text_column and self.source.image_column
+        if both and self.embed.vector_name in self.image.vector_names():
+            raise ValueError(
+                f"image.vector_name: {self.image.vector_name!r} clashes with "
+                f"embed.vector_name {self.embed.vector_name!r}"
+            )
+        return self
 
 
 # The YAML layer has to sit below the environment, and pydantic-settings only lets a

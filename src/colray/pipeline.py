@@ -26,8 +26,15 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
-from colray.config import EmbedConfig, Settings, SinkConfig
+from colray.config import ConfigError, EmbedConfig, ImageConfig, Settings, SinkConfig
+from colray.decode import HEIGHT, PIXELS, WIDTH, decode_images
 from colray.embed import Embedder, load_embedder
+from colray.embed.colpali import (
+    ImageModelInfo,
+    PageEmbedding,
+    describe_image_model,
+    pool_by_rows_and_columns,
+)
 from colray.sink import FinalizeResult, Point, Sink, VectorSpec, json_safe, open_sink
 from colray.sources import (
     ERROR,
@@ -43,8 +50,6 @@ from colray.sources import (
 
 log = logging.getLogger("colray")
 
-VECTORS = "_colray_vectors"  # float32 bytes, row-major (n_vectors, dim)
-NUM_VECTORS = "_colray_num_vectors"
 EMBED_SECONDS = "_colray_embed_s"
 STAGE_COLUMNS = {"read": READ_SECONDS, "embed": EMBED_SECONDS}
 DEAD_LETTER_SCHEMA = pa.schema(
@@ -93,8 +98,54 @@ class RunReport:
         return json.dumps(asdict(self), indent=2)
 
 
+def vectors_column(name: str) -> str:
+    """Column carrying a named vector's float32 bytes, row-major (n_vectors, dim)."""
+    return f"_colray_vectors:{name}"
+
+
+def count_column(name: str) -> str:
+    return f"_colray_num_vectors:{name}"
+
+
 def layout_for(cfg: EmbedConfig, embedder: Embedder) -> list[VectorSpec]:
     return [VectorSpec(cfg.vector_name, embedder.dim)]
+
+
+def image_layout(cfg: ImageConfig, info: ImageModelInfo) -> list[VectorSpec]:
+    """The page vector; with `pooled`, rerank-only (m=0) plus pooled vectors with HNSW."""
+    original = VectorSpec(
+        cfg.vector_name,
+        info.dim,
+        hnsw=not cfg.pooled,
+        on_disk=cfg.on_disk,
+        binary_quantization=cfg.binary_quantization,
+    )
+    return [original, *(VectorSpec(name, info.dim) for name in cfg.vector_names()[1:])]
+
+
+@dataclass
+class PreparedRun:
+    """What the driver checked before Ray starts: the source and each configured model."""
+
+    source: ResolvedSource
+    text_embedder: Embedder | None
+    image_model: ImageModelInfo | None
+
+    def layout(self, settings: Settings) -> list[VectorSpec]:
+        specs = []
+        if self.text_embedder is not None:
+            specs += layout_for(settings.embed, self.text_embedder)
+        if self.image_model is not None:
+            specs += image_layout(settings.image, self.image_model)
+        return specs
+
+
+def _with_vectors(
+    table: pa.Table, name: str, vectors: list[bytes | None], counts: list[int]
+) -> pa.Table:
+    return table.append_column(vectors_column(name), pa.array(vectors, pa.binary())).append_column(
+        count_column(name), pa.array(counts, pa.int32())
+    )
 
 
 class EmbedStage:
@@ -136,9 +187,8 @@ class EmbedStage:
             else:
                 vectors[i], counts[i] = result.tobytes(), len(result)
         out = table.drop_columns([ERROR]).append_column(ERROR, pa.array(errors, pa.string()))
-        out = out.append_column(VECTORS, pa.array(vectors, pa.binary()))
-        out = out.append_column(NUM_VECTORS, pa.array(counts, pa.int32()))
-        return with_stage_seconds(out, EMBED_SECONDS, time.perf_counter() - start)
+        out = _with_vectors(out, self.cfg.vector_name, vectors, counts)
+        return _add_stage_seconds(out, time.perf_counter() - start)
 
     def _embed_isolating(self, texts: list[str]) -> list[np.ndarray | str]:
         if not texts:
@@ -150,6 +200,77 @@ class EmbedStage:
                 return [f"embed: {type(exc).__name__}: {exc}"]
             half = len(texts) // 2
             return self._embed_isolating(texts[:half]) + self._embed_isolating(texts[half:])
+
+
+def _add_stage_seconds(table: pa.Table, seconds: float) -> pa.Table:
+    """Embedding time of these rows, added to what an earlier embed stage spent on them."""
+    if EMBED_SECONDS not in table.column_names:
+        return with_stage_seconds(table, EMBED_SECONDS, seconds)
+    share = seconds / table.num_rows if table.num_rows else 0.0
+    index = table.column_names.index(EMBED_SECONDS)
+    return table.set_column(index, EMBED_SECONDS, pc.add(table.column(EMBED_SECONDS), share))
+
+
+class ImageEmbedStage:
+    """Ray Data actor: a ColPali-family model turns decoded pages into page multivectors.
+
+    With the scale-ready layout it also pools each page by rows and by columns.
+    """
+
+    def __init__(self, cfg: ImageConfig, info: ImageModelInfo, sink_ready: list[Any]):
+        from colray.embed.colpali import ColPaliFamilyEmbedder
+
+        self.cfg = cfg
+        self.embedder = ColPaliFamilyEmbedder(info, cfg, use_gpu=cfg.num_gpus > 0)
+        if any(error is not None for error in ray.get(sink_ready)):
+            raise RuntimeError("the sink refused this job's layout; nothing was embedded")
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from PIL import Image
+
+        start = time.perf_counter()
+        errors = table.column(ERROR).to_pylist()
+        pixels = table.column(PIXELS).to_pylist()
+        sizes = zip(table.column(WIDTH).to_pylist(), table.column(HEIGHT).to_pylist(), strict=True)
+        todo = [i for i, error in enumerate(errors) if error is None]
+        images = {
+            i: Image.frombytes("RGB", (w, h), pixels[i])
+            for i, (w, h) in enumerate(sizes)
+            if errors[i] is None
+        }
+        names = self.cfg.vector_names()
+        columns: dict[str, list[bytes | None]] = {n: [None] * len(errors) for n in names}
+        counts: dict[str, list[int]] = {n: [0] * len(errors) for n in names}
+        results = self._embed_isolating([images[i] for i in todo])
+        for i, result in zip(todo, results, strict=True):
+            if isinstance(result, str):
+                errors[i] = result
+                continue
+            arrays = [result.vectors]
+            if self.cfg.pooled:
+                try:
+                    arrays += list(pool_by_rows_and_columns(result))
+                except ValueError as exc:
+                    errors[i] = f"embed: {exc}"
+                    continue
+            for name, array in zip(names, arrays, strict=True):
+                columns[name][i], counts[name][i] = array.tobytes(), len(array)
+        out = table.drop_columns([ERROR, PIXELS, WIDTH, HEIGHT])
+        out = out.append_column(ERROR, pa.array(errors, pa.string()))
+        for name in names:
+            out = _with_vectors(out, name, columns[name], counts[name])
+        return _add_stage_seconds(out, time.perf_counter() - start)
+
+    def _embed_isolating(self, images: list[Any]) -> list[PageEmbedding | str]:
+        if not images:
+            return []
+        try:
+            return list(self.embedder.embed_images(images))
+        except Exception as exc:
+            if len(images) == 1:
+                return [f"embed: {type(exc).__name__}: {exc}"]
+            half = len(images) // 2
+            return self._embed_isolating(images[:half]) + self._embed_isolating(images[half:])
 
 
 @dataclass
@@ -197,19 +318,23 @@ class SinkWriter:
             table = table.slice(start, end - start)
         columns = {name: table.column(name).to_pylist() for name in (ID, KEY, LOCATION, ERROR)}
         payloads = {c: table.column(c).to_pylist() for c in self.payload_columns}
-        blobs = table.column(VECTORS).to_pylist()
-        counts = table.column(NUM_VECTORS).to_pylist()
-        dim = self.layout[0].dim
+        blobs = {s.name: table.column(vectors_column(s.name)).to_pylist() for s in self.layout}
+        counts = {s.name: table.column(count_column(s.name)).to_pylist() for s in self.layout}
         dead: list[dict[str, str | None]] = []
         points: list[Point] = []
         for i in range(table.num_rows):
             if columns[ERROR][i] is not None:
                 dead.append(_dead_letter(columns, i, columns[ERROR][i]))
                 continue
-            vectors = np.frombuffer(blobs[i], dtype=np.float32).reshape(counts[i], dim)
+            vectors = {
+                s.name: np.frombuffer(blobs[s.name][i], np.float32).reshape(
+                    counts[s.name][i], s.dim
+                )
+                for s in self.layout
+            }
             payload = {c: json_safe(payloads[c][i]) for c in self.payload_columns}
             payload["_colray"] = {"key": columns[KEY][i], "source": self.source_name}
-            points.append(Point(columns[ID][i], {self.layout[0].name: vectors}, payload))
+            points.append(Point(columns[ID][i], vectors, payload))
         written = 0
         row_of = {columns[ID][i]: i for i in range(table.num_rows)}
         for chunk_start in range(0, len(points), self.cfg.batch_size):
@@ -265,16 +390,29 @@ def _short(exc: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def prepare_run(settings: Settings) -> tuple[ResolvedSource, Embedder]:
+def prepare_run(settings: Settings) -> PreparedRun:
     """Everything that can fail on configuration, done before Ray starts."""
     source = resolve_source(settings.source)
-    try:
-        embedder = load_embedder(settings.embed)
-    except (ValueError, OSError) as exc:
-        from colray.config import ConfigError
-
-        raise ConfigError([f"embed.model: {exc}"]) from None
-    return source, embedder
+    text_embedder = image_model = None
+    if settings.source.text_column:
+        try:
+            text_embedder = load_embedder(settings.embed)
+        except (ValueError, OSError) as exc:
+            raise ConfigError([f"embed.model: {exc}"]) from None
+    if settings.source.image_column:
+        assert settings.image.model is not None  # the settings validator requires it
+        try:
+            image_model = describe_image_model(settings.image.model)
+        except (ValueError, OSError) as exc:
+            raise ConfigError([f"image.model: {exc}"]) from None
+        if settings.image.pooled and image_model.grid is None:
+            raise ConfigError(
+                [
+                    f"image.pooled: {image_model.family} models split pages into tiles with "
+                    "no single patch grid to pool over; set image.pooled=false"
+                ]
+            )
+    return PreparedRun(source, text_embedder, image_model)
 
 
 def ensure_ray(settings: Settings) -> None:
@@ -295,10 +433,17 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     run_dir = Path(settings.run.dir) / run_id
     report = RunReport(run_id=run_id, started_at=dt.datetime.now(dt.UTC).isoformat())
-    source, embedder = prepare_run(settings)
+    prepared = prepare_run(settings)
+    source = prepared.source
     prepared_s = time.perf_counter() - started
-    layout = layout_for(settings.embed, embedder)
-    report.source, report.model = source.name, settings.embed.model
+    layout = prepared.layout(settings)
+    report.source = source.name
+    report.model = " + ".join(
+        m for m in (
+            settings.embed.model if prepared.text_embedder else None,
+            settings.image.model if prepared.image_model else None,
+        ) if m
+    )  # fmt: skip
     report.sink = _describe_sink(settings.sink)
     report.rows_in_source = source.num_rows
 
@@ -314,19 +459,7 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     writers_ready = [w.ready.remote() for w in writers]
     dead_path = run_dir / "dead_letters.parquet"
     try:
-        dataset = read_dataset(source).map_batches(
-            EmbedStage,
-            fn_constructor_kwargs={
-                "cfg": settings.embed,
-                "text_column": settings.source.text_column,
-                "sink_ready": writers_ready,
-            },
-            compute=ray.data.ActorPoolStrategy(size=settings.embed.num_actors),
-            num_cpus=settings.embed.cpus_per_actor,
-            num_gpus=settings.embed.num_gpus or None,
-            batch_size=settings.embed.rows_per_call,
-            batch_format="pyarrow",
-        )
+        dataset = _plan(settings, prepared, writers_ready)
         # Starting execution spawns the embedder actors, whose start-up (seconds) overlaps
         # the writers' checks; the actors still wait for those checks before embedding.
         try:
@@ -374,6 +507,54 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
             f"written {report.points_written}, dead-lettered {report.dead_lettered}"
         )
     return report
+
+
+def _plan(settings: Settings, prepared: PreparedRun, sink_ready: list[Any]) -> ray.data.Dataset:
+    """read -> [decode images] -> [embed text] -> [embed images]: the stages the job needs."""
+    dataset = read_dataset(prepared.source)
+    if prepared.image_model is not None:
+        assert settings.source.image_column is not None
+        dataset = dataset.map_batches(
+            decode_images,
+            fn_kwargs={
+                "image_column": settings.source.image_column,
+                "geometry": prepared.image_model.geometry,
+                "max_pixels": settings.image.max_pixels,
+            },
+            compute=ray.data.TaskPoolStrategy(),
+            num_cpus=settings.image.decode_cpus,
+            batch_size=settings.image.rows_per_call,
+            batch_format="pyarrow",
+        )
+    if prepared.text_embedder is not None:
+        dataset = dataset.map_batches(
+            EmbedStage,
+            fn_constructor_kwargs={
+                "cfg": settings.embed,
+                "text_column": settings.source.text_column,
+                "sink_ready": sink_ready,
+            },
+            compute=ray.data.ActorPoolStrategy(size=settings.embed.num_actors),
+            num_cpus=settings.embed.cpus_per_actor,
+            num_gpus=settings.embed.num_gpus or None,
+            batch_size=settings.embed.rows_per_call,
+            batch_format="pyarrow",
+        )
+    if prepared.image_model is not None:
+        dataset = dataset.map_batches(
+            ImageEmbedStage,
+            fn_constructor_kwargs={
+                "cfg": settings.image,
+                "info": prepared.image_model,
+                "sink_ready": sink_ready,
+            },
+            compute=ray.data.ActorPoolStrategy(size=settings.image.num_actors),
+            num_cpus=settings.image.cpus_per_actor,
+            num_gpus=settings.image.num_gpus or None,
+            batch_size=settings.image.rows_per_call,
+            batch_format="pyarrow",
+        )
+    return dataset
 
 
 def _start_writers(

@@ -79,7 +79,7 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
         name = cfg.path if "://" in cfg.path else str(Path(cfg.path).expanduser().resolve())
     if not files:
         raise ConfigError([f"source.path: no data files found at {cfg.path!r}"])
-    wanted = [cfg.text_column, *cfg.payload_columns]
+    wanted = [c for c in (cfg.text_column, cfg.image_column) if c] + cfg.payload_columns
     if cfg.id_column:
         wanted.append(cfg.id_column)
     wanted = list(dict.fromkeys(wanted))
@@ -99,12 +99,7 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
                 f"(it has: {', '.join(schema.names)})"
             )
             continue
-        text_type = schema.field(cfg.text_column).type
-        if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
-            problems.append(
-                f"source.text_column: {cfg.text_column!r} in {relative} has type {text_type}, "
-                "expected a string column"
-            )
+        problems.extend(_column_type_problems(cfg, schema, relative))
         pieces.extend(file_pieces)
     if problems:
         raise ConfigError(
@@ -226,6 +221,32 @@ def _inspect(
             pieces.append(Piece(path, relative, "parquet", tuple(group), first, rows, size))
             first, group, rows, size = first + rows, [], 0, 0
     return schema, pieces
+
+
+def _is_text(dtype: pa.DataType) -> bool:
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+
+
+def _is_image(dtype: pa.DataType) -> bool:
+    """The HF Image feature (a struct with bytes and/or path), raw bytes, or a path/URI."""
+    if pa.types.is_struct(dtype):
+        return {"bytes", "path"} & {dtype.field(i).name for i in range(dtype.num_fields)} != set()
+    return _is_text(dtype) or pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype)
+
+
+def _column_type_problems(cfg: SourceConfig, schema: pa.Schema, relative: str) -> list[str]:
+    problems = []
+    if cfg.text_column and not _is_text(dtype := schema.field(cfg.text_column).type):
+        problems.append(
+            f"source.text_column: {cfg.text_column!r} in {relative} has type {dtype}, "
+            "expected a string column"
+        )
+    if cfg.image_column and not _is_image(dtype := schema.field(cfg.image_column).type):
+        problems.append(
+            f"source.image_column: {cfg.image_column!r} in {relative} has type {dtype}, "
+            "expected an image struct {bytes, path}, binary, or a string path"
+        )
+    return problems
 
 
 def _filesystem_for(path: str) -> tuple[pafs.FileSystem, str]:

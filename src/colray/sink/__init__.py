@@ -29,6 +29,9 @@ class VectorSpec:
 
     name: str
     dim: int
+    hnsw: bool = True  # False: rerank-only (hnsw m=0), searched through a prefetch
+    on_disk: bool = False
+    binary_quantization: bool = False  # kept in RAM (always_ram), originals rescore
 
 
 @dataclass
@@ -57,6 +60,17 @@ def hit_from_record(point: Any) -> Hit:
     )
 
 
+@dataclass(frozen=True)
+class QueryPlan:
+    """How to search: first-stage candidates from `prefetch` vectors, reranked on `using`."""
+
+    using: str
+    prefetch: tuple[str, ...] = ()
+    prefetch_limit: int = 200
+    oversampling: float | None = None  # with binary quantization: fetch more, then rescore
+    rescore: bool | None = None
+
+
 @dataclass
 class FinalizeResult:
     status: str
@@ -78,7 +92,7 @@ class Sink(Protocol):
     def count(self) -> int: ...
 
     def query(
-        self, vector: np.ndarray, *, using: str, limit: int, with_vectors: bool = False
+        self, vector: np.ndarray, plan: QueryPlan, *, limit: int, with_vectors: bool = False
     ) -> list[Hit]: ...
 
     def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:

@@ -12,10 +12,33 @@ import numpy as np
 import qdrant_edge as qe
 
 from colray.config import SinkConfig
-from colray.sink import FinalizeResult, Hit, Point, SinkError, VectorSpec, hit_from_record
+from colray.sink import (
+    FinalizeResult,
+    Hit,
+    Point,
+    QueryPlan,
+    SinkError,
+    VectorSpec,
+    hit_from_record,
+)
 
 # Indexing switched off while loading: building HNSW per batch would be rebuilt anyway.
 INDEXING_OFF = 0
+# Rerank-only vectors: no HNSW graph (m=0); Qdrant's defaults for the rest.
+NO_GRAPH = qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000)
+
+
+def _vector_params(spec: VectorSpec) -> qe.EdgeVectorParams:
+    return qe.EdgeVectorParams(
+        size=spec.dim,
+        distance=qe.Distance.Cosine,
+        on_disk=spec.on_disk or None,
+        multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+        hnsw_config=None if spec.hnsw else NO_GRAPH,
+        quantization_config=(
+            qe.BinaryQuantizationConfig(always_ram=True) if spec.binary_quantization else None
+        ),
+    )
 
 
 class EdgeSink:
@@ -27,14 +50,7 @@ class EdgeSink:
         self.shard: qe.EdgeShard | None = None
 
     def _config(self, indexing_threshold_kb: int | None) -> qe.EdgeConfig:
-        vectors = {
-            spec.name: qe.EdgeVectorParams(
-                size=spec.dim,
-                distance=qe.Distance.Cosine,
-                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
-            )
-            for spec in self.layout
-        }
+        vectors = {spec.name: _vector_params(spec) for spec in self.layout}
         optimizers = (
             None
             if indexing_threshold_kb is None
@@ -101,11 +117,23 @@ class EdgeSink:
         return self._open().count(qe.CountRequest(exact=True))
 
     def query(
-        self, vector: np.ndarray, *, using: str, limit: int, with_vectors: bool = False
+        self, vector: np.ndarray, plan: QueryPlan, *, limit: int, with_vectors: bool = False
     ) -> list[Hit]:
+        matrix = np.asarray(vector, np.float32)
+        quantization = (
+            None
+            if plan.oversampling is None and plan.rescore is None
+            else qe.QuantizationSearchParams(rescore=plan.rescore, oversampling=plan.oversampling)
+        )
         request = qe.QueryRequest(
             limit=limit,
-            query=qe.Query.Nearest(np.asarray(vector, np.float32), using=using),
+            query=qe.Query.Nearest(matrix, using=plan.using),
+            prefetches=[
+                qe.Prefetch(limit=plan.prefetch_limit, query=qe.Query.Nearest(matrix, using=name))
+                for name in plan.prefetch
+            ]
+            or None,
+            params=qe.SearchParams(quantization=quantization) if quantization else None,
             with_payload=True,
             with_vector=with_vectors,
         )

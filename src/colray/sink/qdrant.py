@@ -15,7 +15,15 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from colray.config import SinkConfig
-from colray.sink import FinalizeResult, Hit, Point, SinkError, VectorSpec, hit_from_record
+from colray.sink import (
+    FinalizeResult,
+    Hit,
+    Point,
+    QueryPlan,
+    SinkError,
+    VectorSpec,
+    hit_from_record,
+)
 
 T = TypeVar("T")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
@@ -35,6 +43,23 @@ def is_transient(exc: BaseException) -> bool:
     except ImportError:
         pass
     return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def vector_params(spec: VectorSpec) -> models.VectorParams:
+    return models.VectorParams(
+        size=spec.dim,
+        distance=models.Distance.COSINE,
+        on_disk=spec.on_disk or None,
+        multivector_config=models.MultiVectorConfig(
+            comparator=models.MultiVectorComparator.MAX_SIM
+        ),
+        hnsw_config=None if spec.hnsw else models.HnswConfigDiff(m=0),
+        quantization_config=(
+            models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
+            if spec.binary_quantization
+            else None
+        ),
+    )
 
 
 class QdrantSink:
@@ -73,16 +98,7 @@ class QdrantSink:
         self._call(
             lambda: self.client.create_collection(
                 self.collection,
-                vectors_config={
-                    spec.name: models.VectorParams(
-                        size=spec.dim,
-                        distance=models.Distance.COSINE,
-                        multivector_config=models.MultiVectorConfig(
-                            comparator=models.MultiVectorComparator.MAX_SIM
-                        ),
-                    )
-                    for spec in self.layout
-                },
+                vectors_config={spec.name: vector_params(spec) for spec in self.layout},
                 optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0),
             )
         )
@@ -166,14 +182,30 @@ class QdrantSink:
         return self._call(lambda: self.client.count(self.collection, exact=True)).count
 
     def query(
-        self, vector: np.ndarray, *, using: str, limit: int, with_vectors: bool = False
+        self, vector: np.ndarray, plan: QueryPlan, *, limit: int, with_vectors: bool = False
     ) -> list[Hit]:
+        matrix = np.asarray(vector, np.float32).tolist()
+        quantization = (
+            None
+            if plan.oversampling is None and plan.rescore is None
+            else models.QuantizationSearchParams(
+                rescore=plan.rescore, oversampling=plan.oversampling
+            )
+        )
         response = self._call(
             lambda: self.client.query_points(
                 self.collection,
-                query=np.asarray(vector, np.float32).tolist(),
-                using=using,
+                prefetch=[
+                    models.Prefetch(query=matrix, using=name, limit=plan.prefetch_limit)
+                    for name in plan.prefetch
+                ]
+                or None,
+                query=matrix,
+                using=plan.using,
                 limit=limit,
+                search_params=models.SearchParams(quantization=quantization)
+                if quantization
+                else None,
                 with_payload=True,
                 with_vectors=with_vectors,
             )

@@ -1,0 +1,108 @@
+"""Image decoding, the CPU stage ahead of the image embedder: any image cell to model-sized RGB.
+
+Bytes, HF Image structs, paths and URIs in; raw RGB pixels out, or the row's error set.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import pyarrow as pa
+
+from colray.embed.colpali import ImageGeometry
+from colray.sources import ERROR
+
+PIXELS = "_colray_pixels"  # uint8 RGB, row-major (height, width, 3)
+WIDTH = "_colray_width"
+HEIGHT = "_colray_height"
+
+
+class ImageRejected(ValueError):
+    """An image that will not be embedded; the message says why."""
+
+
+def decode_image(cell: Any, geometry: ImageGeometry, max_pixels: int) -> tuple[bytes, int, int]:
+    """One cell as RGB pixels at the model's size: EXIF orientation applied, bombs refused."""
+    from PIL import Image, ImageOps
+
+    data = _image_bytes(cell)
+    with warnings.catch_warnings():
+        # PIL warns between MAX_IMAGE_PIXELS and twice that; we refuse by our own limit.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(io.BytesIO(data))  # reads the header only
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageRejected(
+                    f"{width}x{height} = {width * height} pixels exceeds image.max_pixels "
+                    f"({max_pixels})"
+                )
+            image = ImageOps.exif_transpose(image).convert("RGB")
+        except ImageRejected:
+            raise
+        except Exception as exc:
+            raise ImageRejected(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+    target = geometry.target_size(*image.size)
+    if target != image.size:
+        image = image.resize(target, Image.Resampling.BICUBIC)
+    return image.tobytes(), image.width, image.height
+
+
+def _image_bytes(cell: Any) -> bytes:
+    if cell is None:
+        raise ImageRejected("image is null")
+    if isinstance(cell, dict):  # the HF Image feature: {"bytes": ..., "path": ...}
+        if cell.get("bytes"):
+            return bytes(cell["bytes"])
+        if cell.get("path"):
+            return _read_uri(cell["path"])
+        raise ImageRejected("image struct has neither bytes nor path")
+    if isinstance(cell, bytes | bytearray | memoryview):
+        if not cell:
+            raise ImageRejected("image bytes are empty")
+        return bytes(cell)
+    if isinstance(cell, str):
+        if not cell.strip():
+            raise ImageRejected("image path is empty")
+        return _read_uri(cell)
+    raise ImageRejected(f"unsupported image cell of type {type(cell).__name__}")
+
+
+def _read_uri(uri: str) -> bytes:
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            return handle.read()
+    except Exception as exc:
+        raise ImageRejected(f"cannot read {uri!r}: {type(exc).__name__}: {exc}") from None
+
+
+def decode_images(
+    table: pa.Table, *, image_column: str, geometry: ImageGeometry, max_pixels: int
+) -> pa.Table:
+    """Ray Data batch function: adds the pixel columns, drops the raw image column."""
+    cells = table.column(image_column).to_pylist()
+    errors = table.column(ERROR).to_pylist()
+    pixels: list[bytes | None] = [None] * len(cells)
+    widths = [0] * len(cells)
+    heights = [0] * len(cells)
+    for i, cell in enumerate(cells):
+        if errors[i] is not None:
+            continue
+        try:
+            pixels[i], widths[i], heights[i] = decode_image(cell, geometry, max_pixels)
+        except ImageRejected as exc:
+            errors[i] = f"decode: {exc}"
+    out = table.drop_columns([image_column, ERROR])
+    return (
+        out.append_column(ERROR, pa.array(errors, pa.string()))
+        .append_column(PIXELS, pa.array(pixels, pa.binary()))
+        .append_column(WIDTH, pa.array(widths, pa.int32()))
+        .append_column(HEIGHT, pa.array(heights, pa.int32()))
+    )

@@ -1,0 +1,231 @@
+"""Page-image embedders: ColPali-family models through colpali-engine, one vector per patch.
+
+Knows each family's loader classes, its patch grid (for pooling) and its resizing geometry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from colray.config import ImageConfig
+
+# model_type in config.json -> (model class, processor class, how its patch grid is laid out)
+FAMILIES: dict[str, tuple[str, str, str | None]] = {
+    "paligemma": ("ColPali", "ColPaliProcessor", "square"),
+    "qwen2_vl": ("ColQwen2", "ColQwen2Processor", "qwen"),
+    "qwen2_5_vl": ("ColQwen2_5", "ColQwen2_5_Processor", "qwen"),
+    # Tiled image splitting: no single patch grid, so no row/column pooling.
+    "idefics3": ("ColIdefics3", "ColIdefics3Processor", None),
+    "modernvbert": ("ColModernVBert", "ColModernVBertProcessor", None),
+}
+# colpali-engine's projection head: every family above maps to 128 dims (`self.dim = 128`).
+COLPALI_ENGINE_DIM = 128
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """The model's own resizing, applied while decoding so only model-sized pixels travel."""
+
+    mode: str  # "qwen" (pixel budget, multiples of factor), "fixed", "longest_edge", "none"
+    factor: int = 1
+    min_pixels: int = 0
+    max_pixels: int = 0
+    height: int = 0
+    width: int = 0
+    longest_edge: int = 0
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        if self.mode == "fixed":
+            return self.width, self.height
+        if self.mode == "qwen":
+            from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+            new_h, new_w = smart_resize(
+                height, width, factor=self.factor, min_pixels=self.min_pixels,
+                max_pixels=self.max_pixels,
+            )  # fmt: skip
+            return new_w, new_h
+        if self.mode == "longest_edge" and max(width, height) > self.longest_edge:
+            scale = self.longest_edge / max(width, height)
+            return max(1, round(width * scale)), max(1, round(height * scale))
+        return width, height
+
+
+@dataclass(frozen=True)
+class ImageModelInfo:
+    """What the driver learns about an image model from its files, without loading weights."""
+
+    model_dir: Path
+    family: str
+    dim: int
+    geometry: ImageGeometry
+    grid: str | None  # None: the family has no single patch grid to pool over
+
+    @property
+    def classes(self) -> tuple[str, str]:
+        model_class, processor_class, _ = FAMILIES[self.family]
+        return model_class, processor_class
+
+
+def describe_image_model(model: str) -> ImageModelInfo:
+    """Family, output size and resizing of a local directory or Hub id; ValueError if unknown."""
+    from colray.embed import resolve_model_dir
+
+    model_dir, _ = resolve_model_dir(model)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{model_dir} has no config.json (is it a colpali-engine model?)")
+    family = json.loads(config_path.read_text()).get("model_type", "")
+    if family not in FAMILIES:
+        raise ValueError(
+            f"model_type {family!r} in {config_path} is not a ColPali-family model "
+            f"(known: {', '.join(FAMILIES)})"
+        )
+    return ImageModelInfo(
+        model_dir, family, _projection_dim(model_dir), _geometry(model_dir), FAMILIES[family][2]
+    )
+
+
+def _projection_dim(model_dir: Path) -> int:
+    """The projection head's output size, read from the safetensors header (no weights loaded)."""
+    from safetensors import safe_open
+
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="numpy") as weights:
+            for name in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if name.endswith("custom_text_proj.weight"):
+                    return int(weights.get_slice(name).get_shape()[0])
+    return COLPALI_ENGINE_DIM
+
+
+def _geometry(model_dir: Path) -> ImageGeometry:
+    # Hub repositories keep preprocessor_config.json; transformers 5 saves processor_config.json.
+    pre = model_dir / "preprocessor_config.json"
+    if pre.is_file():
+        config = json.loads(pre.read_text())
+    else:
+        proc = model_dir / "processor_config.json"
+        config = json.loads(proc.read_text()).get("image_processor", {}) if proc.is_file() else {}
+    size = config.get("size") or {}
+    if "merge_size" in config and "patch_size" in config:
+        return ImageGeometry(
+            "qwen",
+            factor=int(config["patch_size"]) * int(config["merge_size"]),
+            min_pixels=int(config.get("min_pixels") or size.get("shortest_edge") or 56 * 56),
+            max_pixels=int(config.get("max_pixels") or size.get("longest_edge") or 28 * 28 * 1280),
+        )
+    if "height" in size and "width" in size:
+        return ImageGeometry("fixed", height=int(size["height"]), width=int(size["width"]))
+    if "longest_edge" in size:
+        return ImageGeometry("longest_edge", longest_edge=int(size["longest_edge"]))
+    return ImageGeometry("none")
+
+
+@dataclass
+class PageEmbedding:
+    """One page: its token vectors (padding dropped) and where the patch grid sits in them."""
+
+    vectors: np.ndarray  # (n, dim) float32
+    patch_start: int  # index of the first patch vector
+    grid: tuple[int, int] | None  # (rows, cols) of patch vectors, row-major from patch_start
+
+
+def pool_by_rows_and_columns(page: PageEmbedding) -> tuple[np.ndarray, np.ndarray]:
+    """Qdrant's "ColPali at scale" pooling: mean over each grid row / column, other tokens kept."""
+    if page.grid is None:
+        raise ValueError("this model has no patch grid to pool over")
+    rows, cols = page.grid
+    end = page.patch_start + rows * cols
+    patches = page.vectors[page.patch_start : end].reshape(rows, cols, -1)
+    others = np.concatenate([page.vectors[: page.patch_start], page.vectors[end:]])
+    by_rows = np.concatenate([patches.mean(axis=1), others]).astype(np.float32)
+    by_cols = np.concatenate([patches.mean(axis=0), others]).astype(np.float32)
+    return by_rows, by_cols
+
+
+class ColPaliFamilyEmbedder:
+    """A colpali-engine model and its processor, loaded once per actor (or per query process)."""
+
+    def __init__(self, info: ImageModelInfo, cfg: ImageConfig, *, use_gpu: bool = False):
+        import colpali_engine.models as colpali_models
+        import torch
+
+        self.info = info
+        self.cfg = cfg
+        self.dim = info.dim
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        if self.device == "cpu":
+            torch.set_num_threads(cfg.threads())
+        # bf16 on a GPU as the models are published; float32 on CPU, where bf16 is slow.
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        model_class, processor_class = info.classes
+        self.model = getattr(colpali_models, model_class).from_pretrained(
+            str(info.model_dir), dtype=dtype, device_map=self.device
+        )
+        self.model.eval()
+        self.processor = getattr(colpali_models, processor_class).from_pretrained(
+            str(info.model_dir)
+        )
+        config = self.model.config
+        self.image_token_id = getattr(config, "image_token_id", None)
+        if self.image_token_id is None:
+            self.image_token_id = getattr(config, "image_token_index", None)
+
+    def embed_images(self, images: list[Image.Image]) -> list[PageEmbedding]:
+        pages: list[PageEmbedding] = []
+        for start in range(0, len(images), self.cfg.batch_size):
+            batch = self.processor.process_images(images[start : start + self.cfg.batch_size])
+            batch.pop("labels", None)  # ColPali's processor adds training labels
+            pages.extend(self._pages(batch))
+        return pages
+
+    def embed_query(self, text: str) -> np.ndarray:
+        batch = self.processor.process_queries([text])
+        output, mask = self._forward(batch)
+        return output[0][mask[0]]
+
+    def _forward(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        batch = batch.to(self.device)
+        with torch.inference_mode():
+            output = self.model(**batch)
+        return (
+            output.to(torch.float32).cpu().numpy(),
+            batch["attention_mask"].bool().cpu().numpy(),
+        )
+
+    def _pages(self, batch: Any) -> list[PageEmbedding]:
+        input_ids = batch["input_ids"].cpu().numpy()
+        grids = batch.get("image_grid_thw")
+        output, mask = self._forward(batch)
+        pages = []
+        for i in range(len(output)):
+            kept_ids = input_ids[i][mask[i]]
+            vectors = np.ascontiguousarray(output[i][mask[i]])
+            is_patch = kept_ids == self.image_token_id
+            n_patches = int(is_patch.sum())
+            patch_start = int(np.argmax(is_patch)) if n_patches else 0
+            grid = self._grid(n_patches, None if grids is None else grids[i].tolist())
+            pages.append(PageEmbedding(vectors, patch_start, grid))
+        return pages
+
+    def _grid(self, n_patches: int, thw: list[int] | None) -> tuple[int, int] | None:
+        if self.info.grid == "square":
+            side = math.isqrt(n_patches)
+            return (side, side) if side * side == n_patches and side else None
+        if self.info.grid == "qwen" and thw is not None:
+            merge = int(getattr(self.model, "spatial_merge_size", 2))
+            t, h, w = thw
+            rows, cols = t * h // merge, w // merge
+            return (rows, cols) if rows * cols == n_patches else None
+        return None
