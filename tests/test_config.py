@@ -120,3 +120,11 @@ def test_ray_uv_repackaging_is_off_by_default() -> None:
     import colray  # noqa: F401  (the package sets the default on import)
 
     assert os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] == "0"
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/*.yaml")))
+def test_shipped_configs_are_valid(path: Path) -> None:
+    settings = load_settings(path)
+    assert settings.source.text_column or settings.source.image_column
+    if settings.source.image_column:
+        assert settings.image.model
