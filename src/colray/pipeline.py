@@ -13,9 +13,10 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -31,7 +32,6 @@ from colray.decode import HEIGHT, PIXELS, WIDTH, decode_images
 from colray.embed import Embedder, load_embedder
 from colray.embed.colpali import (
     ImageModelInfo,
-    PageEmbedding,
     describe_image_model,
     pool_by_rows_and_columns,
 )
@@ -49,6 +49,8 @@ from colray.sources import (
 )
 
 log = logging.getLogger("colray")
+T = TypeVar("T")
+R = TypeVar("R")
 
 EMBED_SECONDS = "_colray_embed_s"
 STAGE_COLUMNS = {"read": READ_SECONDS, "embed": EMBED_SECONDS}
@@ -179,7 +181,11 @@ class EmbedStage:
                 todo.append(i)
         vectors: list[bytes | None] = [None] * len(texts)
         counts = [0] * len(texts)
-        for i, result in zip(todo, self._embed_isolating([texts[i] for i in todo]), strict=True):
+        for i, result in zip(
+            todo,
+            _embed_isolating(self.embedder.embed_documents, [texts[i] for i in todo]),
+            strict=True,
+        ):
             if isinstance(result, str):
                 errors[i] = result
             elif len(result) == 0:
@@ -190,16 +196,18 @@ class EmbedStage:
         out = _with_vectors(out, self.cfg.vector_name, vectors, counts)
         return _add_stage_seconds(out, time.perf_counter() - start)
 
-    def _embed_isolating(self, texts: list[str]) -> list[np.ndarray | str]:
-        if not texts:
-            return []
-        try:
-            return list(self.embedder.embed_documents(texts))
-        except Exception as exc:
-            if len(texts) == 1:
-                return [f"embed: {type(exc).__name__}: {exc}"]
-            half = len(texts) // 2
-            return self._embed_isolating(texts[:half]) + self._embed_isolating(texts[half:])
+
+def _embed_isolating(embed: Callable[[list[T]], Sequence[R]], items: list[T]) -> list[R | str]:
+    """Embed; if a batch fails, split it until each failing item stands alone with its error."""
+    if not items:
+        return []
+    try:
+        return list(embed(items))
+    except Exception as exc:
+        if len(items) == 1:
+            return [f"embed: {type(exc).__name__}: {exc}"]
+        half = len(items) // 2
+        return _embed_isolating(embed, items[:half]) + _embed_isolating(embed, items[half:])
 
 
 def _add_stage_seconds(table: pa.Table, seconds: float) -> pa.Table:
@@ -241,7 +249,7 @@ class ImageEmbedStage:
         names = self.cfg.vector_names()
         columns: dict[str, list[bytes | None]] = {n: [None] * len(errors) for n in names}
         counts: dict[str, list[int]] = {n: [0] * len(errors) for n in names}
-        results = self._embed_isolating([images[i] for i in todo])
+        results = _embed_isolating(self.embedder.embed_images, [images[i] for i in todo])
         for i, result in zip(todo, results, strict=True):
             if isinstance(result, str):
                 errors[i] = result
@@ -260,17 +268,6 @@ class ImageEmbedStage:
         for name in names:
             out = _with_vectors(out, name, columns[name], counts[name])
         return _add_stage_seconds(out, time.perf_counter() - start)
-
-    def _embed_isolating(self, images: list[Any]) -> list[PageEmbedding | str]:
-        if not images:
-            return []
-        try:
-            return list(self.embedder.embed_images(images))
-        except Exception as exc:
-            if len(images) == 1:
-                return [f"embed: {type(exc).__name__}: {exc}"]
-            half = len(images) // 2
-            return self._embed_isolating(images[:half]) + self._embed_isolating(images[half:])
 
 
 @dataclass
