@@ -28,11 +28,12 @@ from colray.sink import open_sink
 
 @pytest.fixture(scope="session")
 def vision_models(tmp_path_factory) -> dict[str, Path]:
-    from tiny_vision_models import build_tiny_colpali, build_tiny_colqwen2
+    from tiny_vision_models import build_tiny_colpali, build_tiny_colqwen2, build_tiny_colqwen2_5
 
     root = tmp_path_factory.mktemp("vision-models")
     return {
         "colqwen2": build_tiny_colqwen2(root / "colqwen2"),
+        "colqwen2_5": build_tiny_colqwen2_5(root / "colqwen2_5"),
         "colpali": build_tiny_colpali(root / "colpali"),
     }
 
@@ -70,8 +71,9 @@ def test_describe_reads_family_dim_and_geometry(vision_models):
     assert (pali.geometry.mode, pali.geometry.width, pali.geometry.height) == ("fixed", 56, 56)
 
 
-def test_colqwen2_pages_have_no_padding_and_match_the_grid(vision_models):
-    embedder = loaded(vision_models, "colqwen2")
+@pytest.mark.parametrize("family", ["colqwen2", "colqwen2_5"])
+def test_qwen_pages_have_no_padding_and_match_the_grid(vision_models, family):
+    embedder = loaded(vision_models, family)
     geometry = embedder.info.geometry
     # Two sizes in one forward pass: the smaller page is left-padded by the processor.
     sizes = [(100, 60), (60, 140)]
