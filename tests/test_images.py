@@ -261,7 +261,7 @@ def image_settings(tmp_path: Path, corpus: Path, model: Path, sink: dict, **extr
                 **extra.pop("image", {}),
             },
             "sink": sink,
-            "run": {"dir": str(tmp_path / "runs"), "progress": False},
+            "run": {"dir": str(tmp_path / "runs"), "progress": False, "max_failed_fraction": 0.5},
             **extra,
         },
     )

@@ -50,7 +50,7 @@ def make_settings(tmp_path: Path, corpus: Path, sink: dict, onnx_cache: str) -> 
             },
             "embed": {"model": "minilm-token", "cache_dir": onnx_cache, "rows_per_call": 16},
             "sink": sink,
-            "run": {"dir": str(tmp_path / "runs"), "progress": False},
+            "run": {"dir": str(tmp_path / "runs"), "progress": False, "max_failed_fraction": 0.5},
         },
     )
 
@@ -91,7 +91,8 @@ def test_ingest_query_and_rerun(
     dead = pq.read_table(report.dead_letter_path).to_pylist()
     assert sorted(d["row_key"] for d in dead) == sorted(r["doc_id"] for r in BAD_ROWS)
     assert {d["stage"] for d in dead} == {"embed"}
-    assert {d["error"] for d in dead} == {"text is null", "text is empty"}
+    assert {d["error_class"] for d in dead} == {"NullText", "EmptyText"}
+    assert {d["error"] for d in dead} == {"text is null", "text is empty or only whitespace"}
     assert all(d["source_location"].startswith("part-bad.parquet#") for d in dead)
 
     embedder = load_embedder(settings.embed)

@@ -18,6 +18,7 @@ from typing import Any
 from colray.config import API_KEY_ENV, ConfigError, Settings, load_settings
 
 EXIT_FAILED = 1
+EXIT_TOO_MANY_FAILED = 3  # the run finished; more rows failed than allowed
 EXIT_CONFIG = 2
 
 CONFIG_HELP = f"""\
@@ -169,7 +170,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _ingest(settings: Settings, report_path: str | None) -> int:
-    from colray.pipeline import LostRowsError, run_ingest
+    from colray.pipeline import LostRowsError, TooManyFailuresError, run_ingest
     from colray.sink import SinkError
 
     try:
@@ -180,9 +181,13 @@ def _ingest(settings: Settings, report_path: str | None) -> int:
     except LostRowsError as exc:
         print(f"colray: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except TooManyFailuresError as exc:
+        print(f"colray: {exc}\nreport: {exc.report.report_path}", file=sys.stderr)
+        return EXIT_TOO_MANY_FAILED
     print(
         f"ingested {report.points_written} points from {report.rows_read} rows "
-        f"({report.dead_lettered} dead-lettered) in {report.duration_s:.1f}s; "
+        f"({report.dead_lettered} dead-lettered, {report.skipped_existing} already done by an "
+        f"interrupted run, {report.duplicate_ids} duplicate ids) in {report.duration_s:.1f}s; "
         f"store holds {report.points_in_store} points\nreport: {report.report_path}",
         file=sys.stderr,
     )

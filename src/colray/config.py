@@ -228,7 +228,13 @@ class SinkConfig(_Section):
     )
     api_key_file: Path | None = Field(default=None, description="File holding the API key.")
     collection: str = Field(default="colray", description="Collection name (qdrant).")
-    batch_size: int = Field(default=64, gt=0, description="Points per upsert request.")
+    batch_size: int = Field(default=64, gt=0, description="Points per upsert request, at most.")
+    max_request_mb: float = Field(
+        default=24.0,
+        gt=0,
+        description="Upserts are also cut by estimated serialized size, below Qdrant's 32 MiB "
+        "REST limit with margin.",
+    )
     writers: int = Field(
         default=1, gt=0, description="Writer actors (qdrant server only; edge uses one)."
     )
@@ -244,6 +250,9 @@ class SinkConfig(_Section):
     )
     retry_attempts: int = Field(default=5, ge=1, description="Attempts per transient failure.")
     retry_timeout_s: float = Field(default=120.0, gt=0, description="Retry budget per request.")
+    retry_wait_initial_s: float = Field(default=0.5, gt=0, description="First backoff.")
+    retry_wait_max_s: float = Field(default=30.0, gt=0, description="Longest backoff.")
+    verify_tls: bool = Field(default=True, description="Check the server's TLS certificate.")
 
     @field_validator("path")
     @classmethod
@@ -278,6 +287,13 @@ class RunConfig(_Section):
         default=None, description="Ray cluster to join; unset starts or joins a local one."
     )
     progress: bool = Field(default=True, description="Show progress bars.")
+    max_failed_fraction: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="More dead-lettered rows than this share of the rows read ends the run "
+        "with exit code 3 (the report and dead letters are still written).",
+    )
 
     @field_validator("dir")
     @classmethod

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from colray.embed.colpali import ImageGeometry
 from colray.sources import ERROR
+from colray.writer import reason
 
 PIXELS = "_colray_pixels"  # uint8 RGB, row-major (height, width, 3)
 WIDTH = "_colray_width"
@@ -98,7 +99,7 @@ def decode_images(
         try:
             pixels[i], widths[i], heights[i] = decode_image(cell, geometry, max_pixels)
         except ImageRejected as exc:
-            errors[i] = f"decode: {exc}"
+            errors[i] = reason("decode", "ImageRejected", str(exc))
     out = table.drop_columns([image_column, ERROR])
     return (
         out.append_column(ERROR, pa.array(errors, pa.string()))

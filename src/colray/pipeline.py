@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -35,40 +34,50 @@ from colray.embed.colpali import (
     describe_image_model,
     pool_by_rows_and_columns,
 )
-from colray.sink import FinalizeResult, Point, Sink, VectorSpec, json_safe, open_sink
+from colray.resume import ResumeLog, job_fingerprint
+from colray.sink import FinalizeResult, Sink, VectorSpec, open_sink
 from colray.sources import (
     ERROR,
-    ID,
-    KEY,
-    LOCATION,
-    READ_SECONDS,
     ResolvedSource,
     read_dataset,
     resolve_source,
     with_stage_seconds,
+)
+from colray.writer import (
+    DEAD_LETTER_SCHEMA,
+    EMBED_SECONDS,
+    BlockWriter,
+    WriteOutcome,
+    count_column,
+    reason,
+    short,
+    vectors_column,
 )
 
 log = logging.getLogger("colray")
 T = TypeVar("T")
 R = TypeVar("R")
 
-EMBED_SECONDS = "_colray_embed_s"
-STAGE_COLUMNS = {"read": READ_SECONDS, "embed": EMBED_SECONDS}
-DEAD_LETTER_SCHEMA = pa.schema(
-    [
-        ("point_id", pa.string()),
-        ("row_key", pa.string()),
-        ("source_location", pa.string()),
-        ("stage", pa.string()),
-        ("error", pa.string()),
-    ]
-)
 WRITES_IN_FLIGHT_PER_WRITER = 2
 BLOCK_BYTES = 16 << 20  # ~200 MiniLM documents or ~30 ColPali pages per block to a writer
 
 
 class LostRowsError(RuntimeError):
     """The pipeline's output does not account for every row the source holds."""
+
+
+class TooManyFailuresError(RuntimeError):
+    """The run finished, but more rows were dead-lettered than run.max_failed_fraction allows."""
+
+    def __init__(self, report: RunReport, limit: float):
+        self.report = report
+        top = ", ".join(f"{k} ({n})" for k, n in list(report.dead_letter_reasons.items())[:5])
+        super().__init__(
+            f"{report.dead_lettered} of {report.rows_read} rows were dead-lettered "
+            f"({report.dead_lettered / report.rows_read:.1%}, more than "
+            f"run.max_failed_fraction={limit:g}); most common: {top}. "
+            f"See {report.dead_letter_path}"
+        )
 
 
 @dataclass
@@ -85,6 +94,7 @@ class RunReport:
     points_written: int = 0
     dead_lettered: int = 0
     skipped_existing: int = 0
+    duplicate_ids: int = 0  # rows whose id an earlier row of the run had (the later one wins)
     points_in_store: int = 0
     # Seconds from the start until the first embedded block reached a writer: validation,
     # model loads and actor start-up, the fixed cost a small job mostly consists of.
@@ -98,15 +108,6 @@ class RunReport:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
-
-
-def vectors_column(name: str) -> str:
-    """Column carrying a named vector's float32 bytes, row-major (n_vectors, dim)."""
-    return f"_colray_vectors:{name}"
-
-
-def count_column(name: str) -> str:
-    return f"_colray_num_vectors:{name}"
 
 
 def layout_for(cfg: EmbedConfig, embedder: Embedder) -> list[VectorSpec]:
@@ -174,9 +175,9 @@ class EmbedStage:
             if errors[i] is not None:
                 continue
             if text is None:
-                errors[i] = "embed: text is null"
+                errors[i] = reason("embed", "NullText", "text is null")
             elif not text.strip():
-                errors[i] = "embed: text is empty"
+                errors[i] = reason("embed", "EmptyText", "text is empty or only whitespace")
             else:
                 todo.append(i)
         vectors: list[bytes | None] = [None] * len(texts)
@@ -189,7 +190,7 @@ class EmbedStage:
             if isinstance(result, str):
                 errors[i] = result
             elif len(result) == 0:
-                errors[i] = "embed: no tokens left to embed"
+                errors[i] = reason("embed", "NoTokens", "no tokens left to embed")
             else:
                 vectors[i], counts[i] = result.tobytes(), len(result)
         out = table.drop_columns([ERROR]).append_column(ERROR, pa.array(errors, pa.string()))
@@ -205,7 +206,7 @@ def _embed_isolating(embed: Callable[[list[T]], Sequence[R]], items: list[T]) ->
         return list(embed(items))
     except Exception as exc:
         if len(items) == 1:
-            return [f"embed: {type(exc).__name__}: {exc}"]
+            return [reason("embed", type(exc).__name__, short(exc))]
         half = len(items) // 2
         return _embed_isolating(embed, items[:half]) + _embed_isolating(embed, items[half:])
 
@@ -259,7 +260,7 @@ class ImageEmbedStage:
                 try:
                     arrays += list(pool_by_rows_and_columns(result))
                 except ValueError as exc:
-                    errors[i] = f"embed: {exc}"
+                    errors[i] = reason("embed", "NoPatchGrid", str(exc))
                     continue
             for name, array in zip(names, arrays, strict=True):
                 columns[name][i], counts[name][i] = array.tobytes(), len(array)
@@ -268,15 +269,6 @@ class ImageEmbedStage:
         for name in names:
             out = _with_vectors(out, name, columns[name], counts[name])
         return _add_stage_seconds(out, time.perf_counter() - start)
-
-
-@dataclass
-class WriteOutcome:
-    rows: int
-    points_written: int
-    dead_letters: list[dict[str, str | None]]
-    seconds: float
-    upstream_seconds: dict[str, float]  # read and embed time of these rows
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -291,10 +283,6 @@ class SinkWriter:
         source_name: str,
         prepare: bool,
     ):
-        self.cfg = cfg
-        self.layout = layout
-        self.payload_columns = payload_columns
-        self.source_name = source_name
         # A failed start is reported by ready(), not raised: Ray would print the actor's
         # death with a traceback, and an incompatible store is a user error, not a crash.
         self.startup_error: Exception | None = None
@@ -303,6 +291,7 @@ class SinkWriter:
             self.sink = open_sink(cfg, layout)
             if prepare:
                 self.sink.prepare()
+            self.writer = BlockWriter(self.sink, cfg, layout, payload_columns, source_name)
         except Exception as exc:
             self.startup_error = exc
 
@@ -310,81 +299,18 @@ class SinkWriter:
         return self.startup_error
 
     def write(self, table: pa.Table, start: int | None, end: int | None) -> WriteOutcome:
-        began = time.perf_counter()
         if start is not None and end is not None:
             table = table.slice(start, end - start)
-        columns = {name: table.column(name).to_pylist() for name in (ID, KEY, LOCATION, ERROR)}
-        payloads = {c: table.column(c).to_pylist() for c in self.payload_columns}
-        blobs = {s.name: table.column(vectors_column(s.name)).to_pylist() for s in self.layout}
-        counts = {s.name: table.column(count_column(s.name)).to_pylist() for s in self.layout}
-        dead: list[dict[str, str | None]] = []
-        points: list[Point] = []
-        for i in range(table.num_rows):
-            if columns[ERROR][i] is not None:
-                dead.append(_dead_letter(columns, i, columns[ERROR][i]))
-                continue
-            vectors = {
-                s.name: np.frombuffer(blobs[s.name][i], np.float32).reshape(
-                    counts[s.name][i], s.dim
-                )
-                for s in self.layout
-            }
-            payload = {c: json_safe(payloads[c][i]) for c in self.payload_columns}
-            payload["_colray"] = {"key": columns[KEY][i], "source": self.source_name}
-            points.append(Point(columns[ID][i], vectors, payload))
-        written = 0
-        row_of = {columns[ID][i]: i for i in range(table.num_rows)}
-        for chunk_start in range(0, len(points), self.cfg.batch_size):
-            chunk = points[chunk_start : chunk_start + self.cfg.batch_size]
-            failed = self._write_isolating(chunk)
-            written += len(chunk) - len(failed)
-            dead.extend(_dead_letter(columns, row_of[pid], reason) for pid, reason in failed)
-        upstream = {
-            stage: pc.sum(table.column(column)).as_py() or 0.0
-            for stage, column in STAGE_COLUMNS.items()
-        }
-        return WriteOutcome(table.num_rows, written, dead, time.perf_counter() - began, upstream)
-
-    def _write_isolating(self, points: list[Point]) -> list[tuple[str, str]]:
-        """Write; on a non-transient rejection split the batch until the bad points are alone."""
-        if not points:
-            return []
-        try:
-            self.sink.write(points)
-            return []
-        except Exception as exc:
-            from colray.sink.qdrant import is_transient
-
-            if is_transient(exc):
-                raise
-            if len(points) == 1:
-                return [(points[0].id, f"write: {type(exc).__name__}: {_short(exc)}")]
-            half = len(points) // 2
-            return self._write_isolating(points[:half]) + self._write_isolating(points[half:])
+        return self.writer.write(table)
 
     def finalize(self) -> tuple[FinalizeResult, int]:
+        assert self.sink is not None
         result = self.sink.finalize()
         return result, self.sink.count()
 
     def close(self) -> None:
         if self.sink is not None:
             self.sink.close()
-
-
-def _dead_letter(columns: dict[str, list[Any]], i: int, reason: str) -> dict[str, str | None]:
-    stage, _, error = reason.partition(": ")
-    return {
-        "point_id": columns[ID][i],
-        "row_key": columns[KEY][i],
-        "source_location": columns[LOCATION][i],
-        "stage": stage,
-        "error": error,
-    }
-
-
-def _short(exc: BaseException, limit: int = 500) -> str:
-    text = str(exc).replace("\n", " ")
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def prepare_run(settings: Settings) -> PreparedRun:
@@ -443,6 +369,11 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     )  # fmt: skip
     report.sink = _describe_sink(settings.sink)
     report.rows_in_source = source.num_rows
+    resume = ResumeLog(
+        settings.run.dir,
+        job_fingerprint(settings, layout, [f"{p.path}:{p.row_groups}" for p in source.pieces]),
+    )
+    finished = resume.load()
 
     ensure_ray(settings)
     ctx = ray.data.DataContext.get_current()
@@ -456,7 +387,8 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     writers_ready = [w.ready.remote() for w in writers]
     dead_path = run_dir / "dead_letters.parquet"
     try:
-        dataset = _plan(settings, prepared, writers_ready)
+        done = ray.put(finished) if finished else None
+        dataset = _plan(settings, prepared, writers_ready, done)
         # Starting execution spawns the embedder actors, whose start-up (seconds) overlaps
         # the writers' checks; the actors still wait for those checks before embedding.
         try:
@@ -470,7 +402,7 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
                 raise errors[0]
         run_dir.mkdir(parents=True, exist_ok=True)
         with pq.ParquetWriter(dead_path, DEAD_LETTER_SCHEMA) as dead_out:
-            stage_s = _drive_writes(started, bundles, writers, report, dead_out, settings)
+            stage_s = _drive_writes(started, bundles, writers, report, dead_out, settings, resume)
         finalize_start = time.perf_counter()
         result, report.points_in_store = ray.get(writers[0].finalize.remote())
         report.finalize = asdict(result)
@@ -481,12 +413,13 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
             "finalize": round(time.perf_counter() - finalize_start, 3),
         }
     finally:
+        resume.close()
         ctx.target_max_block_size = default_block_size
         for writer in writers:
             try:
                 ray.get(writer.close.remote())
             except Exception as exc:  # never let cleanup hide the error that got us here
-                log.warning("closing a sink writer failed: %s", _short(exc))
+                log.warning("closing a sink writer failed: %s", short(exc))
             finally:
                 ray.kill(writer)
     report.duration_s = round(time.perf_counter() - started, 3)
@@ -501,14 +434,21 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     ):
         raise LostRowsError(
             f"rows do not add up: source {report.rows_in_source}, read {report.rows_read}, "
-            f"written {report.points_written}, dead-lettered {report.dead_lettered}"
+            f"written {report.points_written}, dead-lettered {report.dead_lettered}, "
+            f"skipped {report.skipped_existing}"
         )
+    resume.clear()
+    failed = report.dead_lettered / report.rows_read if report.rows_read else 0.0
+    if failed > settings.run.max_failed_fraction:
+        raise TooManyFailuresError(report, settings.run.max_failed_fraction)
     return report
 
 
-def _plan(settings: Settings, prepared: PreparedRun, sink_ready: list[Any]) -> ray.data.Dataset:
+def _plan(
+    settings: Settings, prepared: PreparedRun, sink_ready: list[Any], done: Any
+) -> ray.data.Dataset:
     """read -> [decode images] -> [embed text] -> [embed images]: the stages the job needs."""
-    dataset = read_dataset(prepared.source)
+    dataset = read_dataset(prepared.source, done=done)
     if prepared.image_model is not None:
         assert settings.source.image_column is not None
         dataset = dataset.map_batches(
@@ -577,7 +517,8 @@ def _drive_writes(
     report: RunReport,
     dead_out: pq.ParquetWriter,
     settings: Settings,
-) -> float:
+    resume: ResumeLog,
+) -> dict[str, float]:
     """Hand each embedded block to the least busy writer; the data never passes the driver.
 
     Returns the seconds each stage (read, embed, write) spent, summed over the cluster.
@@ -596,13 +537,17 @@ def _drive_writes(
         report.rows_read += outcome.rows
         report.points_written += outcome.points_written
         report.dead_lettered += len(outcome.dead_letters)
+        report.skipped_existing += outcome.skipped
+        report.duplicate_ids += outcome.duplicates
         stage_s.update({**outcome.upstream_seconds, "write": outcome.seconds})
         if outcome.dead_letters:
             dead_out.write_table(pa.Table.from_pylist(outcome.dead_letters, DEAD_LETTER_SCHEMA))
-            reasons.update(
-                d["stage"] + ": " + (d["error"] or "").split(":")[0] for d in outcome.dead_letters
-            )
+            reasons.update(f"{d['stage']}: {d['error_class']}" for d in outcome.dead_letters)
         bar.update(outcome.rows)
+        # Only now, with the points in the store, may a restarted run skip these rows.
+        resume.record(
+            outcome.written_ids + [d["point_id"] for d in outcome.dead_letters if d["point_id"]]
+        )
 
     # Bundles come from iter_internal_ref_bundles: block references, never the blocks
     # (a Ray DeveloperAPI; its shape is pinned by ray 2.60.x in pyproject.toml).

@@ -108,10 +108,15 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
     return ResolvedSource(cfg, cfg.name or name, pieces, filesystem, wanted)
 
 
-def read_dataset(source: ResolvedSource, *, parallelism: int = -1) -> ray.data.Dataset:
-    """The source as a Ray dataset of Arrow blocks carrying point ids, keys and locations."""
+def read_dataset(
+    source: ResolvedSource, *, done: Any = None, parallelism: int = -1
+) -> ray.data.Dataset:
+    """The source as a Ray dataset of Arrow blocks carrying point ids, keys and locations.
+
+    `done` (an object ref of a set of point ids) marks rows an interrupted run finished.
+    """
     return ray.data.read_datasource(
-        ColraySource(source),
+        ColraySource(source, done),
         override_num_blocks=None if parallelism < 0 else parallelism,
     )
 
@@ -119,9 +124,10 @@ def read_dataset(source: ResolvedSource, *, parallelism: int = -1) -> ray.data.D
 class ColraySource(Datasource):
     """Ray Data reader over resolved pieces; knows exact row counts before reading."""
 
-    def __init__(self, source: ResolvedSource):
+    def __init__(self, source: ResolvedSource, done: Any = None):
         super().__init__()
         self.source = source
+        self.done = done
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(p.size_bytes for p in self.source.pieces)
@@ -139,14 +145,15 @@ class ColraySource(Datasource):
                 input_files=[p.path for p in group],
                 exec_stats=None,
             )
-            read = partial(_read_pieces, self.source, group)
+            read = partial(_read_pieces, self.source, group, self.done)
             tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
-def _read_pieces(source: ResolvedSource, pieces: list[Piece]) -> Iterator[pa.Table]:
+def _read_pieces(source: ResolvedSource, pieces: list[Piece], done: Any) -> Iterator[pa.Table]:
+    finished = ray.get(done) if done is not None else None
     for piece in pieces:
-        blocks = read_piece(source, piece)
+        blocks = read_piece(source, piece, finished)
         while True:
             start = time.perf_counter()  # time spent reading, not waiting downstream
             block = next(blocks, None)
@@ -160,7 +167,9 @@ def with_stage_seconds(table: pa.Table, column: str, seconds: float) -> pa.Table
     return table.append_column(column, pa.array([share] * table.num_rows, pa.float64()))
 
 
-def read_piece(source: ResolvedSource, piece: Piece) -> Iterator[pa.Table]:
+def read_piece(
+    source: ResolvedSource, piece: Piece, finished: set[str] | None = None
+) -> Iterator[pa.Table]:
     """Blocks of at most `rows_per_block` rows of one piece, with colray's columns added."""
     cfg = source.config
     row = piece.first_row
@@ -173,8 +182,16 @@ def read_piece(source: ResolvedSource, piece: Piece) -> Iterator[pa.Table]:
             keys = locations
         ids = [None if k is None else point_id(source.name, k) for k in keys]
         errors = [
-            None if k is not None else f"read: id column {cfg.id_column!r} is null" for k in keys
+            None if k is not None else f"read: NullId: id column {cfg.id_column!r} is null"
+            for k in keys
         ]
+        if finished:
+            errors = [
+                "skip: AlreadyDone: finished by an interrupted run of this job"
+                if pid in finished
+                else error
+                for pid, error in zip(ids, errors, strict=True)
+            ]
         table = (
             table.append_column(ID, pa.array(ids, pa.string()))
             .append_column(KEY, pa.array(keys, pa.string()))

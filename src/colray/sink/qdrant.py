@@ -5,13 +5,17 @@ Transient failures are retried with stamina's jittered exponential backoff; othe
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
+import pydantic
 import stamina
 from qdrant_client import QdrantClient, models
+from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from colray.config import SinkConfig
@@ -27,14 +31,19 @@ from colray.sink import (
 
 T = TypeVar("T")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+log = logging.getLogger("colray")
 
 
 def is_transient(exc: BaseException) -> bool:
     """Failures a retry can fix: timeouts, resets, overload. Never 400/401/403/404/422."""
+    if isinstance(exc, ResourceExhaustedResponse):
+        return True
     if isinstance(exc, UnexpectedResponse):
         return exc.status_code in TRANSIENT_STATUS
     if isinstance(exc, ResponseHandlingException):
-        return True
+        # Also raised when a response fails validation, which no retry changes.
+        return not isinstance(exc.source, pydantic.ValidationError)
     try:
         import grpc
 
@@ -62,24 +71,55 @@ def vector_params(spec: VectorSpec) -> models.VectorParams:
     )
 
 
+def retry_after(exc: BaseException) -> bool | float:
+    """stamina's backoff hook: the server's Retry-After when it sent one, else transient or not."""
+    if isinstance(exc, ResourceExhaustedResponse):
+        return float(exc.retry_after_s)
+    if isinstance(exc, UnexpectedResponse) and exc.status_code in {429, 503}:
+        value = exc.headers.get("retry-after") if exc.headers else None
+        if value and value.strip().isdigit():
+            return float(value)
+    return is_transient(exc)
+
+
+def warn_if_key_in_clear(url: str, has_key: bool) -> None:
+    parts = urlsplit(url)
+    if has_key and parts.scheme == "http" and parts.hostname not in LOOPBACK:
+        log.warning(
+            "sink.url uses plain http to %s: the API key would travel unencrypted; use https",
+            parts.hostname,
+        )
+
+
 class QdrantSink:
-    def __init__(self, cfg: SinkConfig, layout: list[VectorSpec]):
+    def __init__(
+        self, cfg: SinkConfig, layout: list[VectorSpec], client: QdrantClient | None = None
+    ):
         self.cfg = cfg
         self.layout = layout
         self.collection = cfg.collection
-        if cfg.url:
+        if client is not None:  # an already configured client (tests inject faults this way)
+            self.client = client
+        elif cfg.url:
+            api_key = cfg.resolved_api_key()
+            warn_if_key_in_clear(cfg.url, api_key is not None)
             self.client = QdrantClient(
                 url=cfg.url,
-                api_key=cfg.resolved_api_key(),
+                api_key=api_key,
                 prefer_grpc=cfg.prefer_grpc,
                 timeout=int(cfg.timeout_s),
+                verify=cfg.verify_tls,
             )
         else:
             self.client = QdrantClient(path=cfg.path)
 
     def _call(self, fn: Callable[[], T]) -> T:
         for attempt in stamina.retry_context(
-            on=is_transient, attempts=self.cfg.retry_attempts, timeout=self.cfg.retry_timeout_s
+            on=retry_after,
+            attempts=self.cfg.retry_attempts,
+            timeout=self.cfg.retry_timeout_s,
+            wait_initial=self.cfg.retry_wait_initial_s,
+            wait_max=self.cfg.retry_wait_max_s,
         ):
             with attempt:
                 return fn()
