@@ -134,7 +134,13 @@ def test_ray_reads_every_row_once(ray_session, parquet_dir) -> None:
     assert len({r[ID] for r in rows}) == 30
 
 
-def test_unreadable_file_is_named(parquet_dir) -> None:
+def test_unreadable_file_is_set_aside_and_named(parquet_dir, tmp_path) -> None:
     (parquet_dir / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    source = resolve_source(SourceConfig(path=str(parquet_dir), text_column="text"))
+    assert [rel for rel, _ in source.unreadable] == ["broken.parquet"]
+    assert source.num_rows > 0  # the readable files still count
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(ConfigError, match=r"broken\.parquet cannot be read as parquet"):
-        resolve_source(SourceConfig(path=str(parquet_dir), text_column="text"))
+        resolve_source(SourceConfig(path=str(only), text_column="text"))

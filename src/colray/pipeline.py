@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -46,6 +47,7 @@ from colray.sources import (
 from colray.writer import (
     DEAD_LETTER_SCHEMA,
     EMBED_SECONDS,
+    TRUNCATED,
     BlockWriter,
     WriteOutcome,
     count_column,
@@ -95,6 +97,8 @@ class RunReport:
     dead_lettered: int = 0
     skipped_existing: int = 0
     duplicate_ids: int = 0  # rows whose id an earlier row of the run had (the later one wins)
+    # Files whose footer could not be read: dead-lettered whole, rows unknown, not in rows_*.
+    unreadable_files: int = 0
     points_in_store: int = 0
     # Seconds from the start until the first embedded block reached a writer: validation,
     # model loads and actor start-up, the fixed cost a small job mostly consists of.
@@ -182,20 +186,26 @@ class EmbedStage:
                 todo.append(i)
         vectors: list[bytes | None] = [None] * len(texts)
         counts = [0] * len(texts)
-        for i, result in zip(
-            todo,
-            _embed_isolating(self.embedder.embed_documents, [texts[i] for i in todo]),
-            strict=True,
-        ):
+        truncated = [False] * len(texts)
+        results = _embed_isolating(self._embed_flagged, [texts[i] for i in todo])
+        for i, result in zip(todo, results, strict=True):
             if isinstance(result, str):
                 errors[i] = result
-            elif len(result) == 0:
+            elif len(result[0]) == 0:
                 errors[i] = reason("embed", "NoTokens", "no tokens left to embed")
             else:
-                vectors[i], counts[i] = result.tobytes(), len(result)
+                (array, truncated[i]), counts[i] = result, len(result[0])
+                vectors[i] = array.tobytes()
         out = table.drop_columns([ERROR]).append_column(ERROR, pa.array(errors, pa.string()))
         out = _with_vectors(out, self.cfg.vector_name, vectors, counts)
+        out = out.append_column(TRUNCATED, pa.array(truncated, pa.bool_()))
         return _add_stage_seconds(out, time.perf_counter() - start)
+
+    def _embed_flagged(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
+        """Vectors with whether the text was cut at the model's limit (kept, and flagged)."""
+        vectors = self.embedder.embed_documents(texts)
+        flags = getattr(self.embedder, "last_truncated", None) or [False] * len(vectors)
+        return list(zip(vectors, flags, strict=True))
 
 
 def _embed_isolating(embed: Callable[[list[T]], Sequence[R]], items: list[T]) -> list[R | str]:
@@ -402,6 +412,7 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
                 raise errors[0]
         run_dir.mkdir(parents=True, exist_ok=True)
         with pq.ParquetWriter(dead_path, DEAD_LETTER_SCHEMA) as dead_out:
+            _dead_letter_files(source, dead_out, report)
             stage_s = _drive_writes(started, bundles, writers, report, dead_out, settings, resume)
         finalize_start = time.perf_counter()
         result, report.points_in_store = ray.get(writers[0].finalize.remote())
@@ -442,6 +453,19 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     if failed > settings.run.max_failed_fraction:
         raise TooManyFailuresError(report, settings.run.max_failed_fraction)
     return report
+
+
+def _dead_letter_files(source: ResolvedSource, out: pq.ParquetWriter, report: RunReport) -> None:
+    if not source.unreadable:
+        return
+    report.unreadable_files = len(source.unreadable)
+    entries = [
+        {"point_id": None, "row_key": None, "source_location": relative, "stage": "read",
+         "error_class": "UnreadableFile", "error": why[:1000]}
+        for relative, why in source.unreadable
+    ]  # fmt: skip
+    out.write_table(pa.Table.from_pylist(entries, DEAD_LETTER_SCHEMA))
+    log.warning("%d source file(s) could not be read; see the dead letters", len(entries))
 
 
 def _plan(

@@ -64,6 +64,10 @@ class ResolvedSource:
     pieces: list[Piece]
     filesystem: pafs.FileSystem
     columns: list[str] = field(default_factory=list)
+    # Files whose footer cannot be read: (relative path, why). The run dead-letters them
+    # and goes on with the rest; their row count is unknown.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    schema: pa.Schema | None = None  # of the columns read, from the first readable file
 
     @property
     def num_rows(self) -> int:
@@ -85,12 +89,14 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
     wanted = list(dict.fromkeys(wanted))
     pieces: list[Piece] = []
     problems: list[str] = []
+    unreadable: list[tuple[str, str]] = []
+    first_schema: pa.Schema | None = None
     for path, file_format in files:
         relative = _relative(path, root)
         try:
             schema, file_pieces = _inspect(filesystem, path, relative, file_format)
         except (pa.ArrowException, OSError) as exc:
-            problems.append(f"source: {relative} cannot be read as {file_format}: {exc}")
+            unreadable.append((relative, f"{type(exc).__name__}: {exc}"))
             continue
         missing = [c for c in wanted if c not in schema.names]
         if missing:
@@ -100,12 +106,21 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
             )
             continue
         problems.extend(_column_type_problems(cfg, schema, relative))
+        if first_schema is None:
+            first_schema = pa.schema([schema.field(c) for c in wanted])
         pieces.extend(file_pieces)
     if problems:
         raise ConfigError(
             problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         )
-    return ResolvedSource(cfg, cfg.name or name, pieces, filesystem, wanted)
+    if unreadable and len(unreadable) == len(files):
+        raise ConfigError(
+            [f"source: {rel} cannot be read as {fmt}: {why}" for (rel, why), (_, fmt)
+             in zip(unreadable[:20], files, strict=False)]
+        )  # fmt: skip
+    return ResolvedSource(
+        cfg, cfg.name or name, pieces, filesystem, wanted, unreadable, first_schema
+    )
 
 
 def read_dataset(
@@ -154,12 +169,40 @@ def _read_pieces(source: ResolvedSource, pieces: list[Piece], done: Any) -> Iter
     finished = ray.get(done) if done is not None else None
     for piece in pieces:
         blocks = read_piece(source, piece, finished)
+        rows_done = 0
         while True:
             start = time.perf_counter()  # time spent reading, not waiting downstream
-            block = next(blocks, None)
+            try:
+                block = next(blocks, None)
+            except (pa.ArrowException, OSError) as exc:
+                # A file damaged past its footer: its remaining rows become dead letters.
+                why = f"{type(exc).__name__}: {exc}"
+                block = unreadable_rows(source, piece, rows_done, why)
+                if block.num_rows:
+                    yield with_stage_seconds(block, READ_SECONDS, time.perf_counter() - start)
+                break
             if block is None:
                 break
+            rows_done += block.num_rows
             yield with_stage_seconds(block, READ_SECONDS, time.perf_counter() - start)
+
+
+def unreadable_rows(source: ResolvedSource, piece: Piece, rows_done: int, why: str) -> pa.Table:
+    """The rows of a piece from `rows_done` on, as error rows keyed by their location."""
+    locations = [
+        f"{piece.relative}#{piece.first_row + i}" for i in range(rows_done, piece.num_rows)
+    ]
+    error = f"read: UnreadableData: {why}"[:1000]
+    assert source.schema is not None
+    return pa.table(
+        {
+            **{f.name: pa.nulls(len(locations), f.type) for f in source.schema},
+            ID: pa.array([None] * len(locations), pa.string()),
+            KEY: pa.array(locations, pa.string()),
+            LOCATION: pa.array(locations, pa.string()),
+            ERROR: pa.array([error] * len(locations), pa.string()),
+        }
+    )
 
 
 def with_stage_seconds(table: pa.Table, column: str, seconds: float) -> pa.Table:

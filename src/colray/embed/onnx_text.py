@@ -137,10 +137,13 @@ class OnnxTokenEmbedder:
         self.session = _make_session(onnx_path, threads=threads, use_gpu=use_gpu)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.tokenizer.enable_truncation(max_length=doc_maxlen)
+        # Which texts of the last embed_documents call were cut at doc_maxlen.
+        self.last_truncated: list[bool] = []
         self.dim = self._output_dim()
 
     def embed_documents(self, batch: list[str]) -> list[np.ndarray]:
         encodings = self.tokenizer.encode_batch(list(batch))
+        self.last_truncated = [bool(e.overflowing) for e in encodings]
         return self._run_sorted(
             [np.asarray(e.ids, dtype=np.int64) for e in encodings],
             [np.asarray(e.special_tokens_mask, dtype=bool) == 0 for e in encodings],
@@ -218,6 +221,7 @@ class OnnxColbertEmbedder(OnnxTokenEmbedder):
 
     def embed_documents(self, batch: list[str]) -> list[np.ndarray]:
         encodings = self.tokenizer.encode_batch(list(batch))
+        self.last_truncated = [bool(e.overflowing) for e in encodings]
         ids = [_insert_marker(e, self.doc_marker_id) for e in encodings]
         keep = [np.fromiter((t not in self.skiplist for t in x), bool, len(x)) for x in ids]
         return self._run_sorted(ids, keep)
