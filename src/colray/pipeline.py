@@ -36,7 +36,7 @@ from colray.embed.colpali import (
     pool_by_rows_and_columns,
 )
 from colray.resume import ResumeLog, job_fingerprint
-from colray.sink import FinalizeResult, Sink, VectorSpec, open_sink
+from colray.sink import FinalizeResult, Sink, SinkError, VectorSpec, open_sink
 from colray.sources import (
     ERROR,
     ResolvedSource,
@@ -302,8 +302,12 @@ class SinkWriter:
             if prepare:
                 self.sink.prepare()
             self.writer = BlockWriter(self.sink, cfg, layout, payload_columns, source_name)
-        except Exception as exc:
+        except SinkError as exc:
             self.startup_error = exc
+        except Exception as exc:  # unreachable server, refused credentials, ...
+            self.startup_error = SinkError(
+                f"cannot open the sink ({_where(cfg)}): {type(exc).__name__}: {short(exc)}"
+            )
 
     def ready(self) -> Exception | None:
         return self.startup_error
@@ -593,6 +597,10 @@ def _drive_writes(
     bar.close()
     report.dead_letter_reasons = dict(reasons.most_common())
     return dict(stage_s)
+
+
+def _where(cfg: SinkConfig) -> str:
+    return str(_describe_sink(cfg)["where"])
 
 
 def _describe_sink(cfg: SinkConfig) -> dict[str, Any]:

@@ -120,6 +120,7 @@ class QdrantSink:
             timeout=self.cfg.retry_timeout_s,
             wait_initial=self.cfg.retry_wait_initial_s,
             wait_max=self.cfg.retry_wait_max_s,
+            wait_jitter=self.cfg.retry_wait_initial_s,
         ):
             with attempt:
                 return fn()
@@ -135,13 +136,20 @@ class QdrantSink:
                 )
             )
             return
-        self._call(
-            lambda: self.client.create_collection(
-                self.collection,
-                vectors_config={spec.name: vector_params(spec) for spec in self.layout},
-                optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0),
+        try:
+            self._call(
+                lambda: self.client.create_collection(
+                    self.collection,
+                    vectors_config={spec.name: vector_params(spec) for spec in self.layout},
+                    optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0),
+                )
             )
-        )
+        except Exception:
+            # A create that timed out may have happened (or another writer won the race):
+            # then the retry is refused as "already exists", and the layout check decides.
+            if not self._call(lambda: self.client.collection_exists(self.collection)):
+                raise
+            self._check_layout()
 
     def open_for_reading(self) -> None:
         if not self._call(lambda: self.client.collection_exists(self.collection)):

@@ -1,0 +1,416 @@
+"""Reliability: injected server faults, non-transient rejections, size-bounded batches, a
+killed embedder, a killed driver, hostile input and secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+from qdrant_client import QdrantClient
+from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from colray.config import SinkConfig, load_settings
+from colray.pipeline import run_ingest
+from colray.sink import VectorSpec
+from colray.sink.qdrant import QdrantSink, is_transient, retry_after
+from colray.sources import ERROR, ID, KEY, LOCATION, point_id
+from colray.writer import MAX_FLOATS_PER_MULTIVECTOR, BlockWriter, count_column, vectors_column
+
+DIM = 24
+LAYOUT = [VectorSpec("text", DIM)]
+
+
+def fault(kind: int) -> Exception:
+    """Real exception types qdrant-client raises for a server's transient failures."""
+    return [
+        ResponseHandlingException(httpx.ReadTimeout("timed out")),
+        ResourceExhaustedResponse("slow down", "0"),  # 429 with Retry-After: 0
+        UnexpectedResponse(503, "Service Unavailable", b"", httpx.Headers({"retry-after": "0"})),
+        UnexpectedResponse(500, "Internal Server Error", b"", httpx.Headers()),
+        UnexpectedResponse(502, "Bad Gateway", b"", httpx.Headers()),
+    ][kind % 5]
+
+
+class FlakyClient:
+    """The real QdrantClient (local mode) failing a share of calls, half of them after the
+    call was applied: the ambiguous case where a retry repeats a write that happened."""
+
+    def __init__(self, inner: QdrantClient, rate: float, seed: int = 0):
+        self.inner = inner
+        self.rate = rate
+        self.rng = random.Random(seed)
+        self.calls = self.failures = 0
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.inner, name)
+        if not callable(attr) or name == "close":
+            return attr
+
+        def call(*args, **kwargs):
+            self.calls += 1
+            roll = self.rng.random()
+            if roll < self.rate / 2:
+                self.failures += 1
+                raise fault(self.calls)
+            result = attr(*args, **kwargs)
+            if roll < self.rate:
+                self.failures += 1
+                raise fault(self.calls)
+            return result
+
+        return call
+
+
+class RejectingClient:
+    """Refuses some points the way a server does: 422 (too large), 400 (bad payload)."""
+
+    def __init__(self, inner: QdrantClient, too_large: set[str], bad_payload: set[str]):
+        self.inner = inner
+        self.too_large = too_large
+        self.bad_payload = bad_payload
+        self.upserted: list[list[str]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def upsert(self, collection_name, points, **kwargs):
+        ids = [str(p.id) for p in points]
+        if self.too_large & set(ids):
+            raise UnexpectedResponse(
+                422, "Unprocessable Entity", b'{"status":{"error":"too large"}}', httpx.Headers()
+            )
+        if self.bad_payload & set(ids):
+            raise UnexpectedResponse(
+                400, "Bad Request", b'{"status":{"error":"bad payload"}}', httpx.Headers()
+            )
+        self.upserted.append(ids)
+        return self.inner.upsert(collection_name, points, **kwargs)
+
+
+def sink_config(**overrides) -> SinkConfig:
+    base = {"kind": "qdrant", "path": "/unused", "retry_attempts": 30, "retry_timeout_s": 60,
+            "retry_wait_initial_s": 0.001, "retry_wait_max_s": 0.01, "batch_size": 8}  # fmt: skip
+    return SinkConfig(**{**base, **overrides})
+
+
+def embedded_block(
+    keys: list[str], rng: np.random.Generator, sizes: list[int] | None = None
+) -> pa.Table:
+    """A block as the embed stage hands it to a writer."""
+    sizes = sizes or [int(rng.integers(3, 12)) for _ in keys]
+    vectors = [rng.normal(size=(n, DIM)).astype(np.float32) for n in sizes]
+    return pa.table(
+        {
+            "title": [f"title {k}" for k in keys],
+            ID: [point_id("test", k) for k in keys],
+            KEY: keys,
+            LOCATION: [f"f.parquet#{i}" for i in range(len(keys))],
+            ERROR: pa.array([None] * len(keys), pa.string()),
+            vectors_column("text"): [v.tobytes() for v in vectors],
+            count_column("text"): pa.array([len(v) for v in vectors], pa.int32()),
+        }
+    )
+
+
+def writer_for(client, cfg: SinkConfig) -> tuple[BlockWriter, QdrantSink]:
+    sink = QdrantSink(cfg, LAYOUT, client=client)
+    sink.prepare()
+    return BlockWriter(sink, cfg, LAYOUT, ["title"], "test"), sink
+
+
+def test_thirty_percent_failing_calls_still_write_every_row_exactly_once():
+    client = FlakyClient(QdrantClient(":memory:"), rate=0.3, seed=7)
+    writer, sink = writer_for(client, sink_config())
+    rng = np.random.default_rng(0)
+    keys = [f"doc-{i}" for i in range(200)]
+    written = 0
+    for start in range(0, 200, 20):
+        outcome = writer.write(embedded_block(keys[start : start + 20], rng))
+        assert outcome.dead_letters == []
+        written += outcome.points_written
+    sink.finalize()
+    assert written == 200
+    assert client.failures > 20  # the faults really happened, before and after applying
+    assert sink.count() == 200
+    stored = sorted(h.payload["_colray"]["key"] for h in sink.retrieve_all(with_vectors=False))
+    assert stored == sorted(keys)
+
+
+def test_non_transient_rejections_dead_letter_only_the_bad_rows():
+    keys = [f"doc-{i}" for i in range(30)]
+    too_large, bad_payload = (
+        {point_id("test", "doc-3"), point_id("test", "doc-17")},
+        {point_id("test", "doc-25")},
+    )
+    client = RejectingClient(QdrantClient(":memory:"), too_large, bad_payload)
+    writer, sink = writer_for(client, sink_config())
+    outcome = writer.write(embedded_block(keys, np.random.default_rng(1)))
+    dead = {d["row_key"]: d for d in outcome.dead_letters}
+    assert set(dead) == {"doc-3", "doc-17", "doc-25"}
+    assert {d["stage"] for d in dead.values()} == {"write"}
+    assert {d["error_class"] for d in dead.values()} == {"UnexpectedResponse"}
+    assert "422" in dead["doc-3"]["error"] and "400" in dead["doc-25"]["error"]
+    assert outcome.points_written == 27 and sink.count() == 27
+
+
+def test_a_multivector_over_qdrants_float_limit_is_dead_lettered_unsent():
+    rows = MAX_FLOATS_PER_MULTIVECTOR // DIM + 1
+    client = RejectingClient(QdrantClient(":memory:"), set(), set())
+    writer, sink = writer_for(client, sink_config())
+    outcome = writer.write(
+        embedded_block(["small", "huge"], np.random.default_rng(2), sizes=[5, rows])
+    )
+    assert [(d["row_key"], d["error_class"]) for d in outcome.dead_letters] == [
+        ("huge", "MultivectorTooLarge")
+    ]
+    assert point_id("test", "huge") not in {i for ids in client.upserted for i in ids}
+    assert sink.count() == 1
+
+
+def test_batches_are_cut_by_serialized_size():
+    limit_mb = 0.05
+    client = RejectingClient(QdrantClient(":memory:"), set(), set())
+    sent_bytes: list[int] = []
+    upsert = client.upsert
+
+    def measuring_upsert(collection_name, points, **kwargs):
+        sent_bytes.append(len(json.dumps([p.model_dump(mode="json") for p in points])))
+        return upsert(collection_name, points, **kwargs)
+
+    client.upsert = measuring_upsert
+    writer, sink = writer_for(client, sink_config(max_request_mb=limit_mb, batch_size=1000))
+    keys = [f"doc-{i}" for i in range(40)]
+    outcome = writer.write(embedded_block(keys, np.random.default_rng(3), sizes=[40] * 40))
+    assert outcome.points_written == 40 and sink.count() == 40
+    assert len(sent_bytes) > 1  # one 1000-point batch by count, several by size
+    assert max(sent_bytes) <= limit_mb * 2**20  # the estimate bounds the real JSON
+
+
+def test_retry_policy_follows_the_server():
+    assert retry_after(ResourceExhaustedResponse("slow", "3")) == 3.0
+    assert retry_after(UnexpectedResponse(503, "", b"", httpx.Headers({"Retry-After": "2"}))) == 2.0
+    assert retry_after(UnexpectedResponse(502, "", b"", httpx.Headers())) is True
+    for status in (400, 401, 403, 404, 422):
+        assert retry_after(UnexpectedResponse(status, "", b"", httpx.Headers())) is False
+    from pydantic import BaseModel, ValidationError
+
+    class Shape(BaseModel):
+        x: int
+
+    try:
+        Shape(x="not a number")
+    except ValidationError as exc:
+        assert not is_transient(ResponseHandlingException(exc))
+    assert is_transient(ResponseHandlingException(httpx.ConnectError("refused")))
+
+
+# --- on Ray ------------------------------------------------------------------------------
+
+
+def text_settings(tmp_path: Path, corpus: Path, onnx_cache: str, **run):
+    return load_settings(
+        None,
+        base={
+            "source": {"path": str(corpus), "text_column": "text", "id_column": "doc_id",
+                       "payload_columns": ["title"], "rows_per_block": 8},
+            "embed": {"model": "minilm-token", "cache_dir": onnx_cache, "rows_per_call": 8},
+            "sink": {"kind": "edge", "path": str(tmp_path / "store")},
+            "run": {"dir": str(tmp_path / "runs"), "progress": False, **run},
+        },
+    )  # fmt: skip
+
+
+def _embedder_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "EmbedStage" in cmdline and "MapWorker" in cmdline:
+            found.append(proc)
+    return found
+
+
+def test_a_killed_embedder_actor_is_replaced_and_no_row_is_lost(
+    ray_session, tmp_path, small_corpus, onnx_cache
+):
+    settings = text_settings(tmp_path, small_corpus, onnx_cache)
+    result: dict = {}
+    job = threading.Thread(target=lambda: result.update(report=run_ingest(settings)))
+    job.start()
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline and job.is_alive():
+        for proc in _embedder_processes():
+            if proc.cpu_times().user > 3:  # model loaded and embedding
+                proc.send_signal(signal.SIGKILL)
+                killed = proc.pid
+                break
+        time.sleep(0.2)
+    replacement = None
+    while job.is_alive() and replacement is None:  # Ray restarts the actor to finish the work
+        replacement = next((p.pid for p in _embedder_processes() if p.pid != killed), None)
+        time.sleep(0.1)
+    job.join(timeout=300)
+    assert killed is not None, "the embedder was never seen working"
+    assert replacement is not None, "the kill came after the work was done"
+    report = result["report"]
+    assert report.rows_read == report.points_written == report.points_in_store == 60
+
+
+def test_a_killed_driver_resumes_without_redoing_or_duplicating(
+    ray_session, tmp_path, module_docs, onnx_cache
+):
+    from colray.demo import write_corpus
+
+    corpus = write_corpus(module_docs[:160], tmp_path / "docs", rows_per_file=40)
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "source": {"path": str(corpus), "text_column": "text", "id_column": "doc_id", "rows_per_block": 8},
+                "embed": {"model": "minilm-token", "cache_dir": onnx_cache, "rows_per_call": 8},
+                "sink": {"kind": "edge", "path": str(tmp_path / "store")},
+                "run": {"dir": str(tmp_path / "runs"), "progress": False,
+                        "ray_address": ray_session.get_runtime_context().gcs_address},
+            }
+        )
+    )  # fmt: skip
+    command = [sys.executable, "-m", "colray.cli", "ingest", "--config", str(config)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs = list((tmp_path / "runs").glob("resume/*/done.log"))
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        logs = list((tmp_path / "runs").glob("resume/*/done.log"))
+        if logs and len(logs[0].read_text().splitlines()) >= 24:
+            break
+        time.sleep(0.1)
+    assert first.poll() is None, "the first run ended before it could be killed"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    done_before = len(set(logs[0].read_text().split()))
+    assert 24 <= done_before < 160
+
+    # The killed driver's job is torn down by Ray; its writer releases the store.
+    report_path = tmp_path / "second.json"
+    for _ in range(30):
+        second = subprocess.run(
+            [*command, "--report", str(report_path)], capture_output=True, text=True
+        )
+        if "open in another process" not in second.stderr:
+            break
+        time.sleep(1)
+    assert second.returncode == 0, second.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    assert report["rows_read"] == 160
+    assert report["skipped_existing"] >= done_before
+    assert report["points_written"] + report["skipped_existing"] + report["dead_lettered"] == 160
+    assert report["points_in_store"] == 160  # every row once, none twice
+    assert not logs[0].exists()  # a finished job clears its resume state
+
+
+def test_hostile_rows_and_files(ray_session, tmp_path, module_docs, onnx_cache):
+    root = tmp_path / "docs"
+    root.mkdir()
+    rows = [dict(r) for r in module_docs[:20]]
+    rows.append({**rows[0], "title": "a later copy of the first row"})  # duplicate id
+    rows.append({"doc_id": "long", "title": "very long", "text": "word " * 3000})
+    pq.write_table(pa.Table.from_pylist(rows), root / "part-0.parquet")
+    (root / "part-1.parquet").write_bytes(b"PAR1 garbage that is not parquet at all")
+    settings = text_settings(tmp_path, root, onnx_cache)
+    report = run_ingest(settings)
+    assert report.rows_read == report.points_written == 22
+    assert report.duplicate_ids == 1 and report.points_in_store == 21
+    assert report.unreadable_files == 1
+    dead = pq.read_table(report.dead_letter_path).to_pylist()
+    assert [(d["source_location"], d["error_class"]) for d in dead] == [
+        ("part-1.parquet", "UnreadableFile")
+    ]
+    from colray.sink import open_sink
+
+    store = open_sink(settings.sink, [VectorSpec("text", 384)])
+    store.open_for_reading()
+    flags = {
+        h.payload["_colray"]["key"]: h.payload["_colray"].get("truncated")
+        for h in store.retrieve_all(with_vectors=False)
+    }
+    store.close()
+    assert flags["long"] is True
+    short_keys = {r["doc_id"] for r in rows if len(r["text"]) < 400}
+    assert short_keys and not any(flags[k] for k in short_keys)  # short texts are whole
+
+
+def test_an_empty_dataset_is_a_clean_run_of_zero(ray_session, tmp_path, onnx_cache):
+    root = tmp_path / "empty"
+    root.mkdir()
+    schema = pa.schema([("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
+    pq.write_table(schema.empty_table(), root / "part-0.parquet")
+    report = run_ingest(text_settings(tmp_path, root, onnx_cache))
+    assert (report.rows_read, report.points_written, report.dead_lettered) == (0, 0, 0)
+
+
+def test_a_flood_of_failures_exits_3_with_a_summary(
+    ray_session, tmp_path, module_docs, onnx_cache, capsys
+):
+    from colray.cli import main
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    rows = [dict(r) for r in module_docs[:10]] + [
+        {"doc_id": f"blank-{i}", "title": "", "text": " "} for i in range(5)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), root / "part-0.parquet")
+    config = tmp_path / "job.yaml"
+    config.write_text(json.dumps({
+        "source": {"path": str(root), "text_column": "text", "id_column": "doc_id"},
+        "embed": {"model": "minilm-token", "cache_dir": onnx_cache},
+        "sink": {"kind": "edge", "path": str(tmp_path / "store")},
+        "run": {"dir": str(tmp_path / "runs"), "progress": False, "max_failed_fraction": 0.2},
+    }))  # fmt: skip
+    assert main(["ingest", "--config", str(config)]) == 3
+    err = capsys.readouterr().err
+    assert "5 of 15 rows were dead-lettered" in err and "embed: EmptyText (5)" in err
+
+
+# --- secrets ------------------------------------------------------------------------------
+
+
+def test_api_key_never_shows_and_plain_http_warns(
+    ray_session, tmp_path, small_corpus, onnx_cache, monkeypatch, capsys, caplog
+):
+    from colray.cli import main
+
+    secret = "s3cr3t-key-that-must-not-leak"
+    monkeypatch.setenv("COLRAY_SINK__API_KEY", secret)
+    with caplog.at_level(logging.WARNING, logger="colray"):
+        QdrantSink(
+            SinkConfig(kind="qdrant", url="http://qdrant.example.com:6333", api_key=secret), LAYOUT
+        )
+    assert "plain http" in caplog.text and secret not in caplog.text
+    config = tmp_path / "job.yaml"
+    config.write_text(json.dumps({
+        "source": {"path": str(small_corpus), "text_column": "text", "id_column": "doc_id"},
+        "embed": {"model": "minilm-token", "cache_dir": onnx_cache},
+        "sink": {"kind": "qdrant", "url": "http://127.0.0.1:9", "retry_attempts": 1, "timeout_s": 2},
+        "run": {"dir": str(tmp_path / "runs"), "progress": False},
+    }))  # fmt: skip
+    code = main(["ingest", "--config", str(config)])
+    out = capsys.readouterr()
+    assert code == 2 and "cannot open the sink" in out.err
+    assert secret not in out.out + out.err + caplog.text
+    for path in (tmp_path / "runs").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes()
+    assert secret not in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
