@@ -76,6 +76,6 @@ def install() -> None:
     real = QdrantClient
 
     def flaky_client(*args, **kwargs) -> FlakyClient:
-        return FlakyClient(real(*args, **kwargs), rate=rate, seed=os.getpid())
+        return FlakyClient(real(*args, **kwargs), rate=rate, seed=0)
 
     qdrant_client.QdrantClient = flaky_client  # type: ignore[misc]
