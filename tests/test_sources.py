@@ -144,3 +144,13 @@ def test_unreadable_file_is_set_aside_and_named(parquet_dir, tmp_path) -> None:
     (only / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(ConfigError, match=r"broken\.parquet cannot be read as parquet"):
         resolve_source(SourceConfig(path=str(only), text_column="text"))
+
+
+def test_dictionary_encoded_text_is_read_as_text(tmp_path) -> None:
+    table = pa.Table.from_pylist(ROWS[:5])
+    index = table.column_names.index("text")
+    table = table.set_column(index, "text", table.column("text").dictionary_encode())
+    pq.write_table(table, tmp_path / "cat.parquet")
+    source = resolve_source(SourceConfig(path=str(tmp_path), text_column="text"))
+    rows = [r for piece in source.pieces for t in read_piece(source, piece) for r in t.to_pylist()]
+    assert [r["text"] for r in rows] == [r["text"] for r in ROWS[:5]]

@@ -284,6 +284,8 @@ def _inspect(
 
 
 def _is_text(dtype: pa.DataType) -> bool:
+    if pa.types.is_dictionary(dtype):  # pandas categoricals arrive dictionary-encoded
+        return _is_text(dtype.value_type)
     return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
 
 
