@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -209,34 +208,52 @@ def test_tiled_families_cannot_use_the_pooled_layout(tmp_path, page_corpus):
 GOOD_PAGES = 12
 
 
+BAD_PAGES = {
+    "bad-bytes": "cannot decode",
+    "bad-truncated": "truncated",
+    "bad-huge": "exceeds image.max_pixels",
+    "bad-null": "image is null",
+}
+MAX_PIXELS = 100_000  # good pages are at most 140x110; the huge one is 400x400
+
+
 @pytest.fixture(scope="module")
 def page_corpus(tmp_path_factory) -> Path:
-    """12 pages as HF Image structs of mixed sizes, one corrupt image and one null."""
+    """12 pages in the HF `Image` layout (made with `datasets`, saved as parquet) of mixed
+    sizes, plus a corrupt, a truncated, an oversized and a missing image."""
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
     root = tmp_path_factory.mktemp("pages") / "pages"
     root.mkdir()
-    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    schema = pa.schema([("page_id", pa.string()), ("caption", pa.string()), ("image", image_type)])
+    jpeg = png_bytes(page_image(120, 90, 99), "JPEG")
     rows = [
-        {
-            "page_id": f"p{i}",
-            "caption": f"page {i} of the quarterly report",
-            "image": {
-                "bytes": png_bytes(page_image(60 + 20 * (i % 4), 80 + 10 * (i % 3), i)),
-                "path": None,
-            },
-        }
+        (
+            f"p{i}",
+            f"page {i} of the quarterly report",
+            page_image(60 + 20 * (i % 4), 80 + 10 * (i % 3), i),
+        )
         for i in range(GOOD_PAGES)
     ]
     rows += [
-        {
-            "page_id": "bad-bytes",
-            "caption": "corrupt scan",
-            "image": {"bytes": b"\x89PNG broken", "path": None},
-        },
-        {"page_id": "bad-null", "caption": "missing scan", "image": None},
+        ("bad-bytes", "corrupt scan", {"bytes": b"\x89PNG broken", "path": None}),
+        ("bad-truncated", "scan cut short", {"bytes": jpeg[: len(jpeg) // 2], "path": None}),
+        ("bad-huge", "oversized scan", page_image(400, 400, 98)),
+        ("bad-null", "missing scan", None),
     ]
-    pq.write_table(pa.Table.from_pylist(rows[:7], schema), root / "part-0.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[7:], schema), root / "part-1.parquet")
+    features = Features(
+        {"page_id": Value("string"), "caption": Value("string"), "image": ImageFeature()}
+    )
+    dataset = Dataset.from_dict(
+        {
+            "page_id": [r[0] for r in rows],
+            "caption": [r[1] for r in rows],
+            "image": [r[2] for r in rows],
+        },
+        features=features,
+    )
+    for shard in range(2):
+        dataset.shard(2, shard, contiguous=True).to_parquet(str(root / f"part-{shard}.parquet"))
     return root
 
 
@@ -258,6 +275,7 @@ def image_settings(tmp_path: Path, corpus: Path, model: Path, sink: dict, **extr
                 "rows_per_call": 4,
                 "cpus_per_actor": 0.5,
                 "decode_cpus": 0.5,
+                "max_pixels": MAX_PIXELS,
                 **extra.pop("image", {}),
             },
             "sink": sink,
@@ -288,13 +306,12 @@ def test_page_ingest_stores_pooled_layout_and_reranks_exactly(
         tmp_path, page_corpus, vision_models[family], sink, image=image_options
     )
     report = run_ingest(settings)
-    assert report.rows_read == GOOD_PAGES + 2
-    assert report.points_written == GOOD_PAGES and report.dead_lettered == 2
-    dead = pq.read_table(report.dead_letter_path).to_pylist()
-    assert {(d["row_key"], d["stage"]) for d in dead} == {
-        ("bad-bytes", "decode"),
-        ("bad-null", "decode"),
-    }
+    assert report.rows_read == GOOD_PAGES + len(BAD_PAGES)
+    assert report.points_written == GOOD_PAGES and report.dead_lettered == len(BAD_PAGES)
+    dead = {d["row_key"]: d for d in pq.read_table(report.dead_letter_path).to_pylist()}
+    assert set(dead) == set(BAD_PAGES)
+    for key, why in BAD_PAGES.items():
+        assert dead[key]["stage"] == "decode" and why in dead[key]["error"], dead[key]
 
     prepared = prepare_run(settings)
     store = open_sink(settings.sink, prepared.layout(settings))
@@ -340,7 +357,7 @@ def test_text_and_page_vectors_in_one_point(
         },
     )
     report = run_ingest(settings)
-    assert report.points_written == GOOD_PAGES and report.dead_lettered == 2
+    assert report.points_written == GOOD_PAGES and report.dead_lettered == len(BAD_PAGES)
     prepared = prepare_run(settings)
     assert [s.name for s in prepared.layout(settings)] == ["text", "page"]
     store = open_sink(settings.sink, prepared.layout(settings))
