@@ -6,14 +6,15 @@ Bytes, HF Image structs, paths and URIs in; raw RGB pixels out, or the row's err
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from typing import Any
 
 import pyarrow as pa
 
 from colray.embed.colpali import ImageGeometry
-from colray.sources import ERROR
-from colray.writer import reason
+from colray.sources import ERROR, with_stage_seconds
+from colray.writer import DECODE_SECONDS, reason
 
 PIXELS = "_colray_pixels"  # uint8 RGB, row-major (height, width, 3)
 WIDTH = "_colray_width"
@@ -88,6 +89,7 @@ def decode_images(
     table: pa.Table, *, image_column: str, geometry: ImageGeometry, max_pixels: int
 ) -> pa.Table:
     """Ray Data batch function: adds the pixel columns, drops the raw image column."""
+    start = time.perf_counter()
     cells = table.column(image_column).to_pylist()
     errors = table.column(ERROR).to_pylist()
     pixels: list[bytes | None] = [None] * len(cells)
@@ -101,9 +103,10 @@ def decode_images(
         except ImageRejected as exc:
             errors[i] = reason("decode", "ImageRejected", str(exc))
     out = table.drop_columns([image_column, ERROR])
-    return (
+    out = (
         out.append_column(ERROR, pa.array(errors, pa.string()))
         .append_column(PIXELS, pa.array(pixels, pa.binary()))
         .append_column(WIDTH, pa.array(widths, pa.int32()))
         .append_column(HEIGHT, pa.array(heights, pa.int32()))
     )
+    return with_stage_seconds(out, DECODE_SECONDS, time.perf_counter() - start)

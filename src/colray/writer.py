@@ -19,9 +19,10 @@ from colray.config import SinkConfig
 from colray.sink import Point, Sink, VectorSpec, json_safe
 from colray.sources import ERROR, ID, KEY, LOCATION, READ_SECONDS
 
+DECODE_SECONDS = "_colray_decode_s"
 EMBED_SECONDS = "_colray_embed_s"
 TRUNCATED = "_colray_truncated"  # the text was longer than the model reads
-STAGE_COLUMNS = {"read": READ_SECONDS, "embed": EMBED_SECONDS}
+STAGE_COLUMNS = {"read": READ_SECONDS, "decode": DECODE_SECONDS, "embed": EMBED_SECONDS}
 SKIPPED = "skip"  # the stage of rows a resumed run finds already written
 
 DEAD_LETTER_SCHEMA = pa.schema(
