@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from qdrant_client import QdrantClient
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -331,35 +332,66 @@ def test_a_killed_driver_resumes_without_redoing_or_duplicating(
     assert not logs[0].exists()  # a finished job clears its resume state
 
 
-def test_hostile_rows_and_files(ray_session, tmp_path, module_docs, onnx_cache):
+def test_a_generated_hostile_dataset(ray_session, tmp_path, module_docs, onnx_cache):
+    """Every case of hostile input in one dataset: each bad row is a dead letter with its
+    reason, each good row a point, and the counts add up."""
     root = tmp_path / "docs"
     root.mkdir()
-    rows = [dict(r) for r in module_docs[:20]]
-    rows.append({**rows[0], "title": "a later copy of the first row"})  # duplicate id
-    rows.append({"doc_id": "long", "title": "very long", "text": "word " * 3000})
-    pq.write_table(pa.Table.from_pylist(rows), root / "part-0.parquet")
-    (root / "part-1.parquet").write_bytes(b"PAR1 garbage that is not parquet at all")
-    settings = text_settings(tmp_path, root, onnx_cache)
-    report = run_ingest(settings)
-    assert report.rows_read == report.points_written == 22
-    assert report.duplicate_ids == 1 and report.points_in_store == 21
-    assert report.unreadable_files == 1
-    dead = pq.read_table(report.dead_letter_path).to_pylist()
-    assert [(d["source_location"], d["error_class"]) for d in dead] == [
-        ("part-1.parquet", "UnreadableFile")
+    good = [dict(r) for r in module_docs[:20]]
+    hostile = [
+        {"doc_id": "null-text", "title": "t", "text": None},
+        {"doc_id": "empty-text", "title": "t", "text": ""},
+        {"doc_id": "blank-text", "title": "t", "text": " \n\t "},
+        {"doc_id": None, "title": "no id", "text": "a row without an id"},
+        {"doc_id": "long", "title": "very long", "text": "word " * 3000},
+        {**good[0], "title": "a later copy of the first row"},  # duplicate id
     ]
+    pq.write_table(pa.Table.from_pylist(good + hostile), root / "part-0.parquet")
+    numbers = {"doc_id": ["int-1", "int-2"], "title": ["n", "n"], "text": [1, 2]}
+    pq.write_table(pa.table(numbers), root / "part-1.parquet")  # non-string text values
+    (root / "part-2.parquet").write_bytes(b"PAR1 garbage that is not parquet at all")
+    settings = text_settings(tmp_path, root, onnx_cache, max_failed_fraction=0.5)
+    report = run_ingest(settings)
+
+    assert report.rows_read == 28 and report.unreadable_files == 1
+    assert report.points_written == 22 and report.dead_lettered == 6
+    assert report.duplicate_ids == 1 and report.points_in_store == 21
+    dead = pq.read_table(report.dead_letter_path).to_pylist()
+    reasons = {d["row_key"] or d["source_location"]: (d["stage"], d["error_class"]) for d in dead}
+    assert reasons == {
+        "null-text": ("embed", "NullText"),
+        "empty-text": ("embed", "EmptyText"),
+        "blank-text": ("embed", "EmptyText"),
+        "part-0.parquet#23": ("read", "NullId"),
+        "int-1": ("read", "NonStringText"),
+        "int-2": ("read", "NonStringText"),
+        "part-2.parquet": ("read", "UnreadableFile"),
+    }
     from colray.sink import open_sink
 
     store = open_sink(settings.sink, [VectorSpec("text", 384)])
     store.open_for_reading()
-    flags = {
-        h.payload["_colray"]["key"]: h.payload["_colray"].get("truncated")
-        for h in store.retrieve_all(with_vectors=False)
+    points = {
+        h.payload["_colray"]["key"]: h.payload for h in store.retrieve_all(with_vectors=False)
     }
     store.close()
-    assert flags["long"] is True
-    short_keys = {r["doc_id"] for r in rows if len(r["text"]) < 400}
-    assert short_keys and not any(flags[k] for k in short_keys)  # short texts are whole
+    assert set(points) == {r["doc_id"] for r in good} | {"long"}
+    assert points["long"]["_colray"]["truncated"] is True
+    assert points[good[0]["doc_id"]]["title"] == "a later copy of the first row"  # last wins
+    short = [r["doc_id"] for r in good if len(r["text"]) < 400]
+    assert short and not any(points[k]["_colray"].get("truncated") for k in short)
+
+
+def test_missing_or_renamed_columns_fail_before_any_work(tmp_path, small_corpus, onnx_cache):
+    from colray.config import ConfigError
+    from colray.pipeline import prepare_run
+
+    settings = text_settings(tmp_path, small_corpus, onnx_cache)
+    renamed = settings.model_copy(
+        update={"source": settings.source.model_copy(update={"text_column": "body"})}
+    )
+    with pytest.raises(ConfigError, match="'body'"):
+        prepare_run(renamed)
 
 
 def test_an_empty_dataset_is_a_clean_run_of_zero(ray_session, tmp_path, onnx_cache):

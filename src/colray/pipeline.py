@@ -397,6 +397,10 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     # default), which kept embedded batches from the writers until whole tasks ended.
     # It is put back when the run ends.
     default_block_size, ctx.target_max_block_size = ctx.target_max_block_size, BLOCK_BYTES
+    # Blocks reach the writers in source order, so of two rows with one id the later wins
+    # (exactly with one writer; with several, unless both are in flight at once).
+    default_order = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
     writers = _start_writers(settings, layout, source)
     writers_ready = [w.ready.remote() for w in writers]
     dead_path = run_dir / "dead_letters.parquet"
@@ -430,6 +434,7 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     finally:
         resume.close()
         ctx.target_max_block_size = default_block_size
+        ctx.execution_options.preserve_order = default_order
         for writer in writers:
             try:
                 ray.get(writer.close.remote())

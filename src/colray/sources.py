@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ class Piece:
     first_row: int
     num_rows: int
     size_bytes: int
+    # Set when this file's text column holds non-strings: its rows become dead letters.
+    bad_text_type: str | None = None
 
 
 @dataclass
@@ -90,6 +92,7 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
     pieces: list[Piece] = []
     problems: list[str] = []
     unreadable: list[tuple[str, str]] = []
+    non_text: list[str] = []
     first_schema: pa.Schema | None = None
     for path, file_format in files:
         relative = _relative(path, root)
@@ -105,10 +108,17 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
                 f"(it has: {', '.join(schema.names)})"
             )
             continue
-        problems.extend(_column_type_problems(cfg, schema, relative))
-        if first_schema is None:
+        type_problems = _column_type_problems(cfg, schema, relative)
+        if cfg.text_column and not _is_text(text_type := schema.field(cfg.text_column).type):
+            # One file of non-strings is bad rows (dead letters); every file is a wrong column.
+            non_text.append(type_problems.pop(0))
+            file_pieces = [replace(p, bad_text_type=str(text_type)) for p in file_pieces]
+        elif first_schema is None and not type_problems:
             first_schema = pa.schema([schema.field(c) for c in wanted])
+        problems.extend(type_problems)
         pieces.extend(file_pieces)
+    if non_text and all(p.bad_text_type for p in pieces):
+        problems.extend(non_text)
     if problems:
         raise ConfigError(
             problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
@@ -228,6 +238,12 @@ def read_piece(
             None if k is not None else f"read: NullId: id column {cfg.id_column!r} is null"
             for k in keys
         ]
+        if piece.bad_text_type is not None:
+            assert cfg.text_column is not None
+            why = f"read: NonStringText: column {cfg.text_column!r} holds {piece.bad_text_type}"
+            errors = [error or why for error in errors]
+            index = table.column_names.index(cfg.text_column)
+            table = table.set_column(index, cfg.text_column, pa.nulls(table.num_rows, pa.string()))
         if finished:
             errors = [
                 "skip: AlreadyDone: finished by an interrupted run of this job"
