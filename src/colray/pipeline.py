@@ -497,34 +497,31 @@ def _plan(
             batch_format="pyarrow",
         )
     if prepared.text_embedder is not None:
-        dataset = dataset.map_batches(
-            EmbedStage,
-            fn_constructor_kwargs={
-                "cfg": settings.embed,
-                "text_column": settings.source.text_column,
-                "sink_ready": sink_ready,
-            },
-            compute=ray.data.ActorPoolStrategy(size=settings.embed.num_actors),
-            num_cpus=settings.embed.cpus_per_actor,
-            num_gpus=settings.embed.num_gpus or None,
-            batch_size=settings.embed.rows_per_call,
-            batch_format="pyarrow",
-        )
+        text_args = {"cfg": settings.embed, "text_column": settings.source.text_column}
+        dataset = _actor_stage(dataset, EmbedStage, settings.embed, text_args, sink_ready)
     if prepared.image_model is not None:
-        dataset = dataset.map_batches(
-            ImageEmbedStage,
-            fn_constructor_kwargs={
-                "cfg": settings.image,
-                "info": prepared.image_model,
-                "sink_ready": sink_ready,
-            },
-            compute=ray.data.ActorPoolStrategy(size=settings.image.num_actors),
-            num_cpus=settings.image.cpus_per_actor,
-            num_gpus=settings.image.num_gpus or None,
-            batch_size=settings.image.rows_per_call,
-            batch_format="pyarrow",
-        )
+        image_args = {"cfg": settings.image, "info": prepared.image_model}
+        dataset = _actor_stage(dataset, ImageEmbedStage, settings.image, image_args, sink_ready)
     return dataset
+
+
+def _actor_stage(
+    dataset: ray.data.Dataset,
+    stage: type,
+    cfg: EmbedConfig | ImageConfig,
+    args: dict[str, Any],
+    sink_ready: list[Any],
+) -> ray.data.Dataset:
+    """An embedding stage: a pool of actors, each loading its model once."""
+    return dataset.map_batches(
+        stage,
+        fn_constructor_kwargs={**args, "sink_ready": sink_ready},
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        num_cpus=cfg.cpus_per_actor,
+        num_gpus=cfg.num_gpus or None,
+        batch_size=cfg.rows_per_call,
+        batch_format="pyarrow",
+    )
 
 
 def _start_writers(
