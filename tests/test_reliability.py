@@ -455,3 +455,19 @@ def test_api_key_never_shows_and_plain_http_warns(
     for path in (tmp_path / "runs").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes()
+
+
+def test_resume_identity_ignores_compute_settings(tmp_path, small_corpus, onnx_cache):
+    from colray.resume import job_fingerprint
+
+    settings = text_settings(tmp_path, small_corpus, onnx_cache)
+    more_actors = settings.model_copy(
+        update={"embed": settings.embed.model_copy(update={"num_actors": 4, "batch_size": 8})}
+    )
+    other_model = settings.model_copy(
+        update={"embed": settings.embed.model_copy(update={"model": "colbertv2.0"})}
+    )
+    fingerprint = job_fingerprint(settings, LAYOUT, ["a.parquet"])
+    assert job_fingerprint(more_actors, LAYOUT, ["a.parquet"]) == fingerprint
+    assert job_fingerprint(other_model, LAYOUT, ["a.parquet"]) != fingerprint
+    assert job_fingerprint(settings, LAYOUT, ["a.parquet", "b.parquet"]) != fingerprint

@@ -15,14 +15,22 @@ from typing import Any
 
 from colray.config import Settings
 
+EMBED_IDENTITY = {"model", "profile", "vector_name", "doc_maxlen"}
+IMAGE_IDENTITY = {"model", "vector_name", "pooled", "max_pixels"}
+
 
 def job_fingerprint(settings: Settings, layout: list[Any], source_files: list[str]) -> str:
     """What makes two runs the same job: the rows, how they are embedded, and where they go."""
+    # Only what changes the points: a resumed run may use more actors or other batch sizes.
     identity = {
-        "source": settings.source.model_dump(mode="json"),
+        "source": settings.source.model_dump(mode="json", exclude={"rows_per_block"}),
         "files": source_files,
-        "embed": settings.embed.model_dump(mode="json") if settings.source.text_column else None,
-        "image": settings.image.model_dump(mode="json") if settings.source.image_column else None,
+        "embed": settings.embed.model_dump(mode="json", include=EMBED_IDENTITY)
+        if settings.source.text_column
+        else None,
+        "image": settings.image.model_dump(mode="json", include=IMAGE_IDENTITY)
+        if settings.source.image_column
+        else None,
         "layout": [repr(spec) for spec in layout],
         "sink": {
             "kind": settings.sink.kind,
