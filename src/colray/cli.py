@@ -1,6 +1,7 @@
 """The `colray` command: ingest, query, demo and models.
 
-Exit codes: 0 success, 1 the run failed, 2 bad configuration (nothing was written).
+Exit codes: 0 success, 1 the run failed, 2 bad configuration (nothing was written),
+3 the run finished but more rows were dead-lettered than run.max_failed_fraction allows.
 """
 
 from __future__ import annotations
@@ -18,15 +19,20 @@ from typing import Any
 from colray.config import API_KEY_ENV, ConfigError, Settings, load_settings
 
 EXIT_FAILED = 1
-EXIT_TOO_MANY_FAILED = 3  # the run finished; more rows failed than allowed
 EXIT_CONFIG = 2
+EXIT_TOO_MANY_FAILED = 3  # the run finished; more rows failed than allowed
 
 CONFIG_HELP = f"""\
 configuration:
-  A job is one YAML file with four sections (source, embed, sink, run). Any key can be
-  overridden by an environment variable COLRAY_<SECTION>__<KEY> (e.g. COLRAY_SINK__PATH)
-  and by --set section.key=value, which wins over both. The Qdrant API key is read only
+  A job is one YAML file with sections source, embed (text model), image (page-image
+  model), sink and run. Any key can be overridden by an environment variable
+  COLRAY_<SECTION>__<KEY> (e.g. COLRAY_SINK__PATH) and by --set section.key=value,
+  which wins over both. The Qdrant API key is read only
   from {API_KEY_ENV} or sink.api_key_file, never from the YAML or the command line.
+
+exit codes:
+  0 success; 1 the run failed; 2 bad configuration or incompatible store (nothing written);
+  3 finished, but more rows dead-lettered than run.max_failed_fraction (see the report)
 """
 
 INGEST_EXAMPLE = """\
