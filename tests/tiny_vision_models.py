@@ -53,6 +53,7 @@ GEMMA_SPECIALS: list[str] = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 
 # Qwen2-VL geometry: 14-pixel patches, 2x2 spatial merge, 2 temporal frames per patch.
 QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL = 14, 2, 2
+QWEN_TEXT_HIDDEN = 32  # the language model's width, which the vision merger must output
 QWEN_MIN_PIXELS = (QWEN_PATCH * QWEN_MERGE) ** 2 * 4  # at least 4 merged image tokens
 QWEN_MAX_PIXELS = (QWEN_PATCH * QWEN_MERGE) ** 2 * 16  # at most 16 merged image tokens
 
@@ -119,7 +120,7 @@ def _qwen2_vl_image_and_video_processors() -> tuple[Qwen2VLImageProcessor, Qwen2
 
 
 def _qwen_text_config(tokenizer: Qwen2Tokenizer) -> dict[str, Any]:
-    hidden, heads = 32, 2  # head_dim 16: mrope_section must sum to 8
+    hidden, heads = QWEN_TEXT_HIDDEN, 2  # head_dim 16: mrope_section must sum to 8
     return {
         "vocab_size": len(tokenizer),
         "hidden_size": hidden,
@@ -163,25 +164,25 @@ def _save_float32(model: PreTrainedModel, processor: ProcessorMixin, out_dir: Pa
     return out_dir
 
 
-def build_tiny_colqwen2(out_dir: Path, *, seed: int = 0) -> Path:
-    """A ColQwen2 (Qwen2-VL backbone) that `ColQwen2.from_pretrained(out_dir)` loads; 128-dim vectors."""
-    from colpali_engine.models import ColQwen2, ColQwen2Processor
-    from transformers import Qwen2VLConfig
-
+def _build_tiny_qwen(
+    out_dir: Path,
+    seed: int,
+    model_class: Any,
+    processor_class: Any,
+    config_class: Any,
+    vision_config: dict[str, Any],
+) -> Path:
+    """The Qwen-VL family's shared recipe; only the backbone's vision tower differs."""
     tokenizer = _qwen2_tokenizer()
     image_processor, video_processor = _qwen2_vl_image_and_video_processors()
-    processor = ColQwen2Processor(
+    processor = processor_class(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor
     )
     text_config = _qwen_text_config(tokenizer)
-    config = Qwen2VLConfig(
+    config = config_class(
         text_config=text_config,
         vision_config={
-            "depth": 2,
-            "embed_dim": 32,
-            "hidden_size": text_config["hidden_size"],  # the merger's output width
-            "mlp_ratio": 2,
-            "num_heads": 2,
+            **vision_config,
             "patch_size": QWEN_PATCH,
             "spatial_merge_size": QWEN_MERGE,
             "temporal_patch_size": QWEN_TEMPORAL,
@@ -190,7 +191,22 @@ def build_tiny_colqwen2(out_dir: Path, *, seed: int = 0) -> Path:
         **_qwen_special_ids(tokenizer),
     )
     torch.manual_seed(seed)
-    return _save_float32(ColQwen2(config), processor, out_dir)
+    return _save_float32(model_class(config), processor, out_dir)
+
+
+def build_tiny_colqwen2(out_dir: Path, *, seed: int = 0) -> Path:
+    """A ColQwen2 (Qwen2-VL backbone) that `ColQwen2.from_pretrained(out_dir)` loads; 128-dim vectors."""
+    from colpali_engine.models import ColQwen2, ColQwen2Processor
+    from transformers import Qwen2VLConfig
+
+    vision = {
+        "depth": 2,
+        "embed_dim": 32,
+        "hidden_size": QWEN_TEXT_HIDDEN,  # the merger's output width
+        "mlp_ratio": 2,
+        "num_heads": 2,
+    }
+    return _build_tiny_qwen(out_dir, seed, ColQwen2, ColQwen2Processor, Qwen2VLConfig, vision)
 
 
 def build_tiny_colqwen2_5(out_dir: Path, *, seed: int = 0) -> Path:
@@ -198,31 +214,18 @@ def build_tiny_colqwen2_5(out_dir: Path, *, seed: int = 0) -> Path:
     from colpali_engine.models import ColQwen2_5, ColQwen2_5_Processor
     from transformers import Qwen2_5_VLConfig
 
-    tokenizer = _qwen2_tokenizer()
-    image_processor, video_processor = _qwen2_vl_image_and_video_processors()
-    processor = ColQwen2_5_Processor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": QWEN_TEXT_HIDDEN,
+        "window_size": 56,  # 2x2 merged tokens per window
+        "fullatt_block_indexes": [1],
+    }
+    return _build_tiny_qwen(
+        out_dir, seed, ColQwen2_5, ColQwen2_5_Processor, Qwen2_5_VLConfig, vision
     )
-    text_config = _qwen_text_config(tokenizer)
-    config = Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": text_config["hidden_size"],
-            "patch_size": QWEN_PATCH,
-            "spatial_merge_size": QWEN_MERGE,
-            "temporal_patch_size": QWEN_TEMPORAL,
-            "window_size": 56,  # 2x2 merged tokens per window
-            "fullatt_block_indexes": [1],
-        },
-        dtype="float32",
-        **_qwen_special_ids(tokenizer),
-    )
-    torch.manual_seed(seed)
-    return _save_float32(ColQwen2_5(config), processor, out_dir)
 
 
 def _gemma_tokenizer() -> GemmaTokenizer:
