@@ -27,7 +27,7 @@ from colray.config import SinkConfig, load_settings
 from colray.pipeline import run_ingest
 from colray.sink import VectorSpec
 from colray.sink.qdrant import QdrantSink, is_transient, retry_after
-from colray.sources import ERROR, ID, KEY, LOCATION, point_id
+from colray.sources import ERROR, HASH, ID, KEY, LOCATION, point_id
 from colray.writer import MAX_FLOATS_PER_MULTIVECTOR, BlockWriter, count_column, vectors_column
 from faults import FlakyClient
 
@@ -80,6 +80,7 @@ def embedded_block(
             KEY: keys,
             LOCATION: [f"f.parquet#{i}" for i in range(len(keys))],
             ERROR: pa.array([None] * len(keys), pa.string()),
+            HASH: [f"hash-{k}" for k in keys],
             vectors_column("text"): [v.tobytes() for v in vectors],
             count_column("text"): pa.array([len(v) for v in vectors], pa.int32()),
         }
@@ -116,12 +117,14 @@ import ray
 from colray.config import load_settings
 from colray.pipeline import run_ingest
 
-address, config, out = sys.argv[1:4]
-ray.init(address=address, runtime_env={
-    "worker_process_setup_hook": "faults.install",
-    "env_vars": {k: v for k, v in __import__("os").environ.items() if k.startswith(("COLRAY_TEST", "PYTHONPATH"))},
-})
-report = run_ingest(load_settings(config))
+from qdrant_client import QdrantClient
+from faults import FlakyClient
+
+address, config, out, store = sys.argv[1:5]
+ray.init(address=address)
+# A local-mode store is written by the driver, which holds its directory lock.
+client = FlakyClient(QdrantClient(path=store), rate=float(__import__("os").environ["COLRAY_TEST_FAULT_RATE"]))
+report = run_ingest(load_settings(config), client=client)
 open(out, "w").write(report.to_json())
 """
 
@@ -129,7 +132,8 @@ open(out, "w").write(report.to_json())
 def test_a_job_with_thirty_percent_failing_server_calls_loses_and_duplicates_nothing(
     ray_session, tmp_path, small_corpus, onnx_cache
 ):
-    """The whole job on Ray, its writer's QdrantClient failing 30% of calls (in the worker)."""
+    """The whole job on Ray, every call of its QdrantClient (the driver writes a local-mode
+    store) failing 30% of the time."""
     config = tmp_path / "job.yaml"
     config.write_text(json.dumps({
         "source": {"path": str(small_corpus), "text_column": "text", "id_column": "doc_id", "rows_per_block": 8},
@@ -144,7 +148,7 @@ def test_a_job_with_thirty_percent_failing_server_calls_loses_and_duplicates_not
     out = tmp_path / "report.json"
     address = ray_session.get_runtime_context().gcs_address
     run = subprocess.run(
-        [sys.executable, "-c", JOB_WITH_FAULTS, address, str(config), str(out)],
+        [sys.executable, "-c", JOB_WITH_FAULTS, address, str(config), str(out), str(tmp_path / "store")],
         env=env, capture_output=True, text=True, timeout=500,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]

@@ -253,6 +253,11 @@ class SinkConfig(_Section):
     retry_wait_initial_s: float = Field(default=0.5, gt=0, description="First backoff.")
     retry_wait_max_s: float = Field(default=30.0, gt=0, description="Longest backoff.")
     verify_tls: bool = Field(default=True, description="Check the server's TLS certificate.")
+    keep_versions: int = Field(
+        default=2,
+        ge=1,
+        description="reindex: versions kept, the live one included (2 keeps one to roll back to).",
+    )
 
     @field_validator("path")
     @classmethod

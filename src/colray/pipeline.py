@@ -24,7 +24,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from colray.config import ConfigError, EmbedConfig, ImageConfig, Settings, SinkConfig
@@ -35,11 +34,12 @@ from colray.embed.colpali import (
     describe_image_model,
     pool_by_rows_and_columns,
 )
-from colray.resume import ResumeLog, job_fingerprint
-from colray.sink import FinalizeResult, Sink, SinkError, VectorSpec, open_sink
+from colray.resume import ResumeLog, content_salt, job_fingerprint
+from colray.sink import Sink, SinkError, VectorSpec, open_sink
 from colray.sources import (
     ERROR,
     ResolvedSource,
+    SkipRules,
     read_dataset,
     resolve_source,
     with_stage_seconds,
@@ -107,11 +107,20 @@ class RunReport:
     stages_s: dict[str, float] = field(default_factory=dict)
     rows_per_s: float = 0.0
     finalize: dict[str, Any] = field(default_factory=dict)
+    # Incremental runs: rows unchanged (skipped), points updated, added and deleted.
+    incremental: dict[str, int] | None = None
+    # Rebuilds: the alias or pointer, the version it now serves, and the versions dropped.
+    reindex: dict[str, Any] | None = None
     dead_letter_path: str = ""
     report_path: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+    def save(self) -> None:
+        path = Path(self.report_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
 
 
 def layout_for(cfg: EmbedConfig, embedder: Embedder) -> list[VectorSpec]:
@@ -291,7 +300,6 @@ class SinkWriter:
         layout: list[VectorSpec],
         payload_columns: list[str],
         source_name: str,
-        prepare: bool,
     ):
         # A failed start is reported by ready(), not raised: Ray would print the actor's
         # death with a traceback, and an incompatible store is a user error, not a crash.
@@ -299,8 +307,6 @@ class SinkWriter:
         self.sink: Sink | None = None
         try:
             self.sink = open_sink(cfg, layout)
-            if prepare:
-                self.sink.prepare()
             self.writer = BlockWriter(self.sink, cfg, layout, payload_columns, source_name)
         except SinkError as exc:
             self.startup_error = exc
@@ -316,11 +322,6 @@ class SinkWriter:
         if start is not None and end is not None:
             table = table.slice(start, end - start)
         return self.writer.write(table)
-
-    def finalize(self) -> tuple[FinalizeResult, int]:
-        assert self.sink is not None
-        result = self.sink.finalize()
-        return result, self.sink.count()
 
     def close(self) -> None:
         if self.sink is not None:
@@ -364,15 +365,25 @@ def ensure_ray(settings: Settings) -> None:
     )
 
 
-def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = None) -> RunReport:
-    """Run one ingest job end to end and return (and write) its report."""
+def run_ingest(
+    settings: Settings,
+    report_path: str | os.PathLike[str] | None = None,
+    *,
+    incremental: bool = False,
+    client: Any = None,
+) -> RunReport:
+    """Run one ingest job end to end and return (and write) its report.
+
+    `incremental`: skip rows stored with the same content hash, re-embed changed ones and
+    delete points whose rows left the source. `client`: an open qdrant-client to write
+    through (local mode allows one per directory, so a process that also queries shares it).
+    """
     started = time.perf_counter()
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     run_dir = Path(settings.run.dir) / run_id
     report = RunReport(run_id=run_id, started_at=dt.datetime.now(dt.UTC).isoformat())
     prepared = prepare_run(settings)
     source = prepared.source
-    prepared_s = time.perf_counter() - started
     layout = prepared.layout(settings)
     report.source = source.name
     report.model = " + ".join(
@@ -388,6 +399,11 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
         job_fingerprint(settings, layout, [f"{p.path}:{p.row_groups}" for p in source.pieces]),
     )
     finished = resume.load()
+    # The driver owns the store's lifecycle: it creates or checks it before anything is
+    # embedded, and switches indexing back on at the end. Writer actors only write.
+    sink = _open_prepared_sink(settings.sink, layout, client)
+    stored = sink.stored_hashes() if incremental else None
+    prepared_s = time.perf_counter() - started
 
     ensure_ray(settings)
     ctx = ray.data.DataContext.get_current()
@@ -401,12 +417,16 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
     # (exactly with one writer; with several, unless both are in flight at once).
     default_order = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True
-    writers = _start_writers(settings, layout, source)
-    writers_ready = [w.ready.remote() for w in writers]
+    writers = _Writers(settings, layout, source, sink)
     dead_path = run_dir / "dead_letters.parquet"
+    seen: set[str] | None = set() if stored is not None else None
     try:
-        done = ray.put(finished) if finished else None
-        dataset = _plan(settings, prepared, writers_ready, done)
+        rules = SkipRules(
+            salt=content_salt(settings, layout),
+            done=ray.put(finished) if finished else None,
+            stored=ray.put(stored) if stored else None,
+        )
+        dataset = _plan(settings, prepared, writers.ready, rules)
         # Starting execution spawns the embedder actors, whose start-up (seconds) overlaps
         # the writers' checks; the actors still wait for those checks before embedding.
         try:
@@ -414,16 +434,21 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
         finally:
             # A refused layout also stops the embedders; the writer's reason is the one to tell.
             writers_start = time.perf_counter()
-            errors = [e for e in ray.get(writers_ready) if e is not None]
+            errors = [e for e in ray.get(writers.ready) if e is not None]
             writers_ready_s = time.perf_counter() - writers_start
             if errors:
                 raise errors[0]
         run_dir.mkdir(parents=True, exist_ok=True)
         with pq.ParquetWriter(dead_path, DEAD_LETTER_SCHEMA) as dead_out:
             _dead_letter_files(source, dead_out, report)
-            stage_s = _drive_writes(started, bundles, writers, report, dead_out, settings, resume)
+            stage_s = _drive_writes(
+                started, bundles, writers, report, dead_out, settings, resume, stored, seen
+            )
+        if stored is not None and seen is not None:
+            _apply_deletions(sink, stored, seen, report)
         finalize_start = time.perf_counter()
-        result, report.points_in_store = ray.get(writers[0].finalize.remote())
+        result = sink.finalize()
+        report.points_in_store = sink.count()
         report.finalize = asdict(result)
         report.stages_s = {
             "prepare": round(prepared_s, 3),
@@ -435,33 +460,66 @@ def run_ingest(settings: Settings, report_path: str | os.PathLike[str] | None = 
         resume.close()
         ctx.target_max_block_size = default_block_size
         ctx.execution_options.preserve_order = default_order
-        for writer in writers:
-            try:
-                ray.get(writer.close.remote())
-            except Exception as exc:  # never let cleanup hide the error that got us here
-                log.warning("closing a sink writer failed: %s", short(exc))
-            finally:
-                ray.kill(writer)
+        writers.close()
+        sink.close()
     report.duration_s = round(time.perf_counter() - started, 3)
     report.rows_per_s = round(report.rows_read / report.duration_s, 2) if report.duration_s else 0.0
     report.finished_at = dt.datetime.now(dt.UTC).isoformat()
     report.dead_letter_path = str(dead_path)
     report.report_path = str(report_path or run_dir / "report.json")
-    Path(report.report_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(report.report_path).write_text(report.to_json())
-    if report.rows_read != report.rows_in_source or report.rows_read != (
-        report.points_written + report.dead_lettered + report.skipped_existing
-    ):
+    report.save()
+    accounted = report.points_written + report.dead_lettered + report.skipped_existing
+    accounted += report.incremental["unchanged"] if report.incremental else 0
+    if report.rows_read != report.rows_in_source or report.rows_read != accounted:
         raise LostRowsError(
             f"rows do not add up: source {report.rows_in_source}, read {report.rows_read}, "
             f"written {report.points_written}, dead-lettered {report.dead_lettered}, "
-            f"skipped {report.skipped_existing}"
+            f"skipped {report.skipped_existing}, unchanged "
+            f"{report.incremental['unchanged'] if report.incremental else 0}"
         )
     resume.clear()
     failed = report.dead_lettered / report.rows_read if report.rows_read else 0.0
     if failed > settings.run.max_failed_fraction:
         raise TooManyFailuresError(report, settings.run.max_failed_fraction)
     return report
+
+
+def _open_prepared_sink(cfg: SinkConfig, layout: list[VectorSpec], client: Any) -> Sink:
+    """The driver's own connection, with the store created or checked against the layout."""
+    sink: Sink | None = None
+    try:
+        sink = open_sink(cfg, layout, client)
+        sink.prepare()
+        return sink
+    except Exception as exc:
+        if sink is not None:
+            sink.close()
+        if isinstance(exc, SinkError):
+            raise
+        # Unreachable server, refused credentials, ...: said without the key.
+        raise SinkError(
+            f"cannot open the sink ({_where(cfg)}): {type(exc).__name__}: {short(exc)}"
+        ) from None
+
+
+def _apply_deletions(
+    sink: Sink, stored: dict[str, str | None], seen: set[str], report: RunReport
+) -> None:
+    """Delete the points whose rows left the source (incremental runs)."""
+    assert report.incremental is not None
+    vanished = [point_id for point_id in stored if point_id not in seen]
+    if vanished and (
+        report.unreadable_files or report.dead_letter_reasons.get("read: UnreadableData")
+    ):
+        # Rows of an unreadable file are unknown: their points must not be taken for gone.
+        log.warning(
+            "%d stored points have no row in what could be read, but part of the source was "
+            "unreadable: nothing deleted",
+            len(vanished),
+        )
+        vanished = []
+    sink.delete(vanished)
+    report.incremental["deleted"] = len(vanished)
 
 
 def _dead_letter_files(source: ResolvedSource, out: pq.ParquetWriter, report: RunReport) -> None:
@@ -478,10 +536,10 @@ def _dead_letter_files(source: ResolvedSource, out: pq.ParquetWriter, report: Ru
 
 
 def _plan(
-    settings: Settings, prepared: PreparedRun, sink_ready: list[Any], done: Any
+    settings: Settings, prepared: PreparedRun, sink_ready: list[Any], rules: SkipRules
 ) -> ray.data.Dataset:
     """read -> [decode images] -> [embed text] -> [embed images]: the stages the job needs."""
-    dataset = read_dataset(prepared.source, done=done)
+    dataset = read_dataset(prepared.source, rules)
     if prepared.image_model is not None:
         assert settings.source.image_column is not None
         dataset = dataset.map_batches(
@@ -524,60 +582,88 @@ def _actor_stage(
     )
 
 
-def _start_writers(
-    settings: Settings, layout: list[VectorSpec], source: ResolvedSource
-) -> list[Any]:
-    cfg = settings.sink
-    # Edge and qdrant-client's local mode lock their directory: one writer, on this machine.
-    local_store = cfg.kind == "edge" or cfg.path is not None
-    count = 1 if local_store else cfg.writers
-    options: dict[str, Any] = {}
-    if local_store:
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=False
-        )
-    args = (cfg, layout, settings.source.payload_columns, source.name)
-    return [SinkWriter.options(**options).remote(*args, prepare=i == 0) for i in range(count)]
+class _Writers:
+    """Where embedded blocks are written.
+
+    A Qdrant server gets `sink.writers` actors. Edge and local mode lock their directory to one
+    process, so the driver, which already holds it open, writes those itself: the store stays
+    on the machine the job was started from, and the driver's process may query it meanwhile.
+    """
+
+    def __init__(
+        self, settings: Settings, layout: list[VectorSpec], source: ResolvedSource, sink: Sink
+    ):
+        cfg = settings.sink
+        args = (cfg, layout, settings.source.payload_columns, source.name)
+        self.local: BlockWriter | None = None
+        self.actors: list[Any] = []
+        if cfg.kind == "edge" or cfg.path is not None:
+            self.local = BlockWriter(sink, *args)
+        else:
+            self.actors = [SinkWriter.remote(*args) for _ in range(cfg.writers)]
+        self.ready = [w.ready.remote() for w in self.actors]
+        self.load = [0] * len(self.actors)
+
+    def close(self) -> None:
+        for writer in self.actors:
+            try:
+                ray.get(writer.close.remote())
+            except Exception as exc:  # never let cleanup hide the error that got us here
+                log.warning("closing a sink writer failed: %s", short(exc))
+            finally:
+                ray.kill(writer)
 
 
 def _drive_writes(
     started: float,
     bundles: Any,
-    writers: list[Any],
+    writers: _Writers,
     report: RunReport,
     dead_out: pq.ParquetWriter,
     settings: Settings,
     resume: ResumeLog,
+    stored: dict[str, str | None] | None,
+    seen: set[str] | None,
 ) -> dict[str, float]:
-    """Hand each embedded block to the least busy writer; the data never passes the driver.
+    """Hand each embedded block to the least busy writer actor (the data never passes the
+    driver), or write it here for a local store.
 
     Returns the seconds each stage (read, embed, write) spent, summed over the cluster.
     """
     in_flight: dict[Any, int] = {}
-    load = [0] * len(writers)
     stage_s: collections.Counter[str] = collections.Counter()
     reasons: collections.Counter[str] = collections.Counter()
+    if stored is not None:
+        report.incremental = {"unchanged": 0, "updated": 0, "added": 0, "deleted": 0}
     bar = tqdm(
         total=report.rows_in_source, unit="row", desc="written", disable=not settings.run.progress
     )
 
-    def collect(ref: Any) -> None:
-        outcome: WriteOutcome = ray.get(ref)
-        load[in_flight.pop(ref)] -= 1
+    def collect(outcome: WriteOutcome) -> None:
         report.rows_read += outcome.rows
         report.points_written += outcome.points_written
         report.dead_lettered += len(outcome.dead_letters)
         report.skipped_existing += outcome.skipped
         report.duplicate_ids += outcome.duplicates
         stage_s.update({**outcome.upstream_seconds, "write": outcome.seconds})
+        dead_ids = [d["point_id"] for d in outcome.dead_letters if d["point_id"]]
         if outcome.dead_letters:
             dead_out.write_table(pa.Table.from_pylist(outcome.dead_letters, DEAD_LETTER_SCHEMA))
             reasons.update(f"{d['stage']}: {d['error_class']}" for d in outcome.dead_letters)
+        if report.incremental is not None and stored is not None and seen is not None:
+            updated = sum(point_id in stored for point_id in outcome.written_ids)
+            report.incremental["unchanged"] += outcome.unchanged
+            report.incremental["updated"] += updated
+            report.incremental["added"] += outcome.points_written - updated
+            seen.update(outcome.written_ids, outcome.skipped_ids, dead_ids)
         bar.update(outcome.rows)
         # Only now, with the points in the store, may a restarted run skip these rows.
-        resume.record(
-            outcome.written_ids + [d["point_id"] for d in outcome.dead_letters if d["point_id"]]
-        )
+        resume.record(outcome.written_ids + dead_ids)
+
+    def collect_one() -> None:
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        writers.load[in_flight.pop(done[0])] -= 1
+        collect(ray.get(done[0]))
 
     # Bundles come from iter_internal_ref_bundles: block references, never the blocks
     # (a Ray DeveloperAPI; its shape is pinned by ray 2.60.x in pyproject.toml).
@@ -585,17 +671,21 @@ def _drive_writes(
         if report.first_block_s is None:
             report.first_block_s = round(time.perf_counter() - started, 3)
         for entry, block_slice in zip(bundle.blocks, bundle.slices, strict=True):
-            while len(in_flight) >= WRITES_IN_FLIGHT_PER_WRITER * len(writers):
-                done, _ = ray.wait(list(in_flight), num_returns=1)
-                collect(done[0])
-            target = min(range(len(writers)), key=load.__getitem__)
             start = block_slice.start_offset if block_slice else None
             end = block_slice.end_offset if block_slice else None
-            in_flight[writers[target].write.remote(entry.ref, start, end)] = target
-            load[target] += 1
+            if writers.local is not None:
+                table = ray.get(entry.ref)
+                if start is not None and end is not None:
+                    table = table.slice(start, end - start)
+                collect(writers.local.write(table))
+                continue
+            while len(in_flight) >= WRITES_IN_FLIGHT_PER_WRITER * len(writers.actors):
+                collect_one()
+            target = min(range(len(writers.actors)), key=writers.load.__getitem__)
+            in_flight[writers.actors[target].write.remote(entry.ref, start, end)] = target
+            writers.load[target] += 1
     while in_flight:
-        done, _ = ray.wait(list(in_flight), num_returns=1)
-        collect(done[0])
+        collect_one()
     bar.close()
     report.dead_letter_reasons = dict(reasons.most_common())
     return dict(stage_s)

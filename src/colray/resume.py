@@ -41,6 +41,22 @@ def job_fingerprint(settings: Settings, layout: list[Any], source_files: list[st
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def content_salt(settings: Settings, layout: list[Any]) -> str:
+    """How rows become points: part of every row's content hash, so a new model or layout
+    makes an incremental run re-embed everything."""
+    identity = {
+        "embed": settings.embed.model_dump(mode="json", include=EMBED_IDENTITY)
+        if settings.source.text_column
+        else None,
+        "image": settings.image.model_dump(mode="json", include=IMAGE_IDENTITY)
+        if settings.source.image_column
+        else None,
+        "layout": [repr(spec) for spec in layout],
+        "payload": settings.source.payload_columns,
+    }
+    return json.dumps(identity, sort_keys=True)
+
+
 class ResumeLog:
     """An append-only log of finished point ids; a torn last line (a crash mid-write) is ignored."""
 

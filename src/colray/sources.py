@@ -6,6 +6,7 @@ Resolution (listing files, reading footers, checking columns) happens before Ray
 from __future__ import annotations
 
 import glob as globlib
+import hashlib
 import json
 import time
 import uuid
@@ -32,6 +33,9 @@ ID = "_colray_id"
 KEY = "_colray_key"
 LOCATION = "_colray_location"
 ERROR = "_colray_error"
+# A digest of the row's content and how it is embedded: an incremental run skips rows whose
+# stored point carries the same digest.
+HASH = "_colray_hash"
 # Seconds each stage spent on a row (its block's time shared evenly), so stage timings
 # travel with the data instead of through a separate actor.
 READ_SECONDS = "_colray_read_s"
@@ -133,15 +137,26 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
     )
 
 
-def read_dataset(
-    source: ResolvedSource, *, done: Any = None, parallelism: int = -1
-) -> ray.data.Dataset:
-    """The source as a Ray dataset of Arrow blocks carrying point ids, keys and locations.
+@dataclass(frozen=True)
+class SkipRules:
+    """Rows to pass over: ones an interrupted run finished, and ones already stored unchanged.
 
-    `done` (an object ref of a set of point ids) marks rows an interrupted run finished.
+    `done` is an object ref of a set of point ids; `stored` of a dict point id -> content
+    hash (incremental runs); `salt` names how rows are embedded, so a new model changes
+    every hash.
     """
+
+    salt: str = ""
+    done: Any = None
+    stored: Any = None
+
+
+def read_dataset(
+    source: ResolvedSource, rules: SkipRules | None = None, *, parallelism: int = -1
+) -> ray.data.Dataset:
+    """The source as a Ray dataset of Arrow blocks carrying point ids, keys, locations, hashes."""
     return ray.data.read_datasource(
-        ColraySource(source, done),
+        ColraySource(source, rules or SkipRules()),
         override_num_blocks=None if parallelism < 0 else parallelism,
     )
 
@@ -149,10 +164,10 @@ def read_dataset(
 class ColraySource(Datasource):
     """Ray Data reader over resolved pieces; knows exact row counts before reading."""
 
-    def __init__(self, source: ResolvedSource, done: Any = None):
+    def __init__(self, source: ResolvedSource, rules: SkipRules):
         super().__init__()
         self.source = source
-        self.done = done
+        self.rules = rules
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(p.size_bytes for p in self.source.pieces)
@@ -170,15 +185,18 @@ class ColraySource(Datasource):
                 input_files=[p.path for p in group],
                 exec_stats=None,
             )
-            read = partial(_read_pieces, self.source, group, self.done)
+            read = partial(_read_pieces, self.source, group, self.rules)
             tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
-def _read_pieces(source: ResolvedSource, pieces: list[Piece], done: Any) -> Iterator[pa.Table]:
-    finished = ray.get(done) if done is not None else None
+def _read_pieces(
+    source: ResolvedSource, pieces: list[Piece], rules: SkipRules
+) -> Iterator[pa.Table]:
+    finished = ray.get(rules.done) if rules.done is not None else None
+    stored = ray.get(rules.stored) if rules.stored is not None else None
     for piece in pieces:
-        blocks = read_piece(source, piece, finished)
+        blocks = read_piece(source, piece, finished, stored, rules.salt)
         rows_done = 0
         while True:
             start = time.perf_counter()  # time spent reading, not waiting downstream
@@ -211,6 +229,7 @@ def unreadable_rows(source: ResolvedSource, piece: Piece, rows_done: int, why: s
             KEY: pa.array(locations, pa.string()),
             LOCATION: pa.array(locations, pa.string()),
             ERROR: pa.array([error] * len(locations), pa.string()),
+            HASH: pa.nulls(len(locations), pa.string()),
         }
     )
 
@@ -220,14 +239,51 @@ def with_stage_seconds(table: pa.Table, column: str, seconds: float) -> pa.Table
     return table.append_column(column, pa.array([share] * table.num_rows, pa.float64()))
 
 
+def content_hashes(table: pa.Table, salt: str) -> list[str]:
+    """Per row, a digest of every column read plus the salt (how the rows are embedded)."""
+    columns = [table.column(name).to_pylist() for name in table.column_names]
+    hashes = []
+    for row in zip(*columns, strict=True):
+        digest = hashlib.blake2b(salt.encode(), digest_size=16)
+        _feed(digest, list(row))
+        hashes.append(digest.hexdigest())
+    return hashes
+
+
+def _feed(digest: Any, value: Any) -> None:
+    """Hash a value unambiguously: each value is tagged with its type and length."""
+    if isinstance(value, bytes):
+        digest.update(b"b%d:" % len(value) + value)
+    elif isinstance(value, str):
+        _feed(digest, value.encode())
+        digest.update(b"s")
+    elif isinstance(value, dict):
+        digest.update(b"d%d:" % len(value))
+        for key in sorted(value):
+            _feed(digest, str(key))
+            _feed(digest, value[key])
+    elif isinstance(value, list | tuple):
+        digest.update(b"l%d:" % len(value))
+        for item in value:
+            _feed(digest, item)
+    else:  # None, numbers, dates: their repr is stable
+        _feed(digest, repr(value))
+        digest.update(b"r")
+
+
 def read_piece(
-    source: ResolvedSource, piece: Piece, finished: set[str] | None = None
+    source: ResolvedSource,
+    piece: Piece,
+    finished: set[str] | None = None,
+    stored: dict[str, str] | None = None,
+    salt: str = "",
 ) -> Iterator[pa.Table]:
     """Blocks of at most `rows_per_block` rows of one piece, with colray's columns added."""
     cfg = source.config
     row = piece.first_row
     for batch in _iter_batches(source.filesystem, piece, source.columns, cfg.rows_per_block):
         table = pa.Table.from_batches([batch])
+        hashes = content_hashes(table, salt)
         locations = [f"{piece.relative}#{row + i}" for i in range(table.num_rows)]
         if cfg.id_column:
             keys = [None if v is None else str(v) for v in table.column(cfg.id_column).to_pylist()]
@@ -251,11 +307,19 @@ def read_piece(
                 else error
                 for pid, error in zip(ids, errors, strict=True)
             ]
+        if stored:
+            errors = [
+                "skip: Unchanged: the stored point has this content hash"
+                if error is None and pid is not None and stored.get(pid) == digest
+                else error
+                for pid, error, digest in zip(ids, errors, hashes, strict=True)
+            ]
         table = (
             table.append_column(ID, pa.array(ids, pa.string()))
             .append_column(KEY, pa.array(keys, pa.string()))
             .append_column(LOCATION, pa.array(locations, pa.string()))
             .append_column(ERROR, pa.array(errors, pa.string()))
+            .append_column(HASH, pa.array(hashes, pa.string()))
         )
         row += table.num_rows
         yield table

@@ -17,13 +17,14 @@ import pyarrow.compute as pc
 
 from colray.config import SinkConfig
 from colray.sink import Point, Sink, VectorSpec, json_safe
-from colray.sources import ERROR, ID, KEY, LOCATION, READ_SECONDS
+from colray.sources import ERROR, HASH, ID, KEY, LOCATION, READ_SECONDS
 
 DECODE_SECONDS = "_colray_decode_s"
 EMBED_SECONDS = "_colray_embed_s"
 TRUNCATED = "_colray_truncated"  # the text was longer than the model reads
 STAGE_COLUMNS = {"read": READ_SECONDS, "decode": DECODE_SECONDS, "embed": EMBED_SECONDS}
 SKIPPED = "skip"  # the stage of rows a resumed run finds already written
+UNCHANGED = "skip: Unchanged:"  # ... and of rows an incremental run finds stored as they are
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
@@ -64,12 +65,14 @@ def short(exc: BaseException, limit: int = 500) -> str:
 class WriteOutcome:
     rows: int
     points_written: int
-    skipped: int
+    skipped: int  # finished by an interrupted run of this job
+    unchanged: int  # stored with the same content hash (incremental runs)
     duplicates: int  # rows whose id an earlier row of this run already wrote
     dead_letters: list[dict[str, str | None]]
     seconds: float
     upstream_seconds: dict[str, float] = field(default_factory=dict)  # read, embed time
     written_ids: list[str] = field(default_factory=list)
+    skipped_ids: list[str] = field(default_factory=list)  # both kinds of skip
 
 
 class BlockWriter:
@@ -95,7 +98,9 @@ class BlockWriter:
 
     def write(self, table: pa.Table) -> WriteOutcome:
         began = time.perf_counter()
-        columns = {name: table.column(name).to_pylist() for name in (ID, KEY, LOCATION, ERROR)}
+        columns = {
+            name: table.column(name).to_pylist() for name in (ID, KEY, LOCATION, ERROR, HASH)
+        }
         payloads = {c: table.column(c).to_pylist() for c in self.payload_columns}
         blobs = {s.name: table.column(vectors_column(s.name)).to_pylist() for s in self.layout}
         counts = {s.name: table.column(count_column(s.name)).to_pylist() for s in self.layout}
@@ -107,12 +112,15 @@ class BlockWriter:
         dead: list[dict[str, str | None]] = []
         points: list[Point] = []
         row_of: dict[str, int] = {}
-        skipped = duplicates = 0
+        skipped = unchanged = duplicates = 0
+        skipped_ids: list[str] = []
         for i in range(table.num_rows):
             error = columns[ERROR][i]
             if error is not None:
                 if error.startswith(SKIPPED + ":"):
-                    skipped += 1
+                    unchanged += error.startswith(UNCHANGED)
+                    skipped += not error.startswith(UNCHANGED)
+                    skipped_ids.append(columns[ID][i])
                 else:
                     dead.append(dead_letter(columns, i, error))
                 continue
@@ -134,7 +142,11 @@ class BlockWriter:
                 )
                 continue
             payload = {c: json_safe(payloads[c][i]) for c in self.payload_columns}
-            payload["_colray"] = {"key": columns[KEY][i], "source": self.source_name}
+            payload["_colray"] = {
+                "key": columns[KEY][i],
+                "source": self.source_name,
+                "hash": columns[HASH][i],
+            }
             if truncated[i]:
                 payload["_colray"]["truncated"] = True
             point_id = columns[ID][i]
@@ -157,11 +169,13 @@ class BlockWriter:
             rows=table.num_rows,
             points_written=len(written),
             skipped=skipped,
+            unchanged=unchanged,
             duplicates=duplicates,
             dead_letters=dead,
             seconds=time.perf_counter() - began,
             upstream_seconds=upstream,
             written_ids=written,
+            skipped_ids=skipped_ids,
         )
 
     def _batches(self, points: list[Point]) -> Iterator[list[Point]]:

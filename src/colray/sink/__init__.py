@@ -99,17 +99,67 @@ class Sink(Protocol):
         """Every point (tests and small stores only)."""
         ...
 
+    def stored_hashes(self) -> dict[str, str | None]:
+        """Every point id with the content hash colray stored with it (incremental runs)."""
+        ...
+
+    def delete(self, point_ids: list[str]) -> None: ...
+
     def close(self) -> None: ...
 
 
-def open_sink(cfg: SinkConfig, layout: list[VectorSpec]) -> Sink:
+class Versions(Protocol):
+    """Versions of one store behind the stable name queries use: a Qdrant alias, or (Edge)
+    a symlink to the live store directory. Version names sort oldest first."""
+
+    served_as: str  # the alias, or the pointer's path
+
+    def live(self) -> str | None:
+        """The version queries see now; None before the first rebuild."""
+        ...
+
+    def all(self) -> list[str]: ...
+
+    def sink_for(self, version: str) -> SinkConfig:
+        """The sink settings that write into (or read) exactly this version."""
+        ...
+
+    def switch(self, version: str) -> None:
+        """Point the stable name at `version` in one atomic step."""
+        ...
+
+    def drop(self, version: str) -> None: ...
+
+
+def new_version_name() -> str:
+    """`v` and the UTC time to the microsecond: unique per rebuild, and sorts by age."""
+    return "v" + dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S%f")
+
+
+def open_sink(cfg: SinkConfig, layout: list[VectorSpec], client: Any = None) -> Sink:
+    """The sink for `cfg`; `client` is an already open qdrant-client to reuse (local mode
+    allows one per directory, so a process that queries and writes must share it)."""
     if cfg.kind == "edge":
         from colray.sink.edge import EdgeSink
 
         return EdgeSink(cfg, layout)
     from colray.sink.qdrant import QdrantSink
 
-    return QdrantSink(cfg, layout)
+    return QdrantSink(cfg, layout, client=client)
+
+
+def open_versions(cfg: SinkConfig, client: Any = None) -> Versions:
+    if cfg.kind == "edge":
+        from colray.sink.edge import StoreVersions
+
+        return StoreVersions(cfg)
+    from colray.sink.qdrant import CollectionVersions, make_client
+
+    return CollectionVersions(cfg, client or make_client(cfg))
+
+
+HASH_PAYLOAD_KEY = "_colray.hash"
+SCROLL_PAGE = 1024
 
 
 def json_safe(value: Any) -> Any:

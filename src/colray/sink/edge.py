@@ -5,7 +5,11 @@ One process may hold a store directory at a time, so a job has exactly one Edge 
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,8 @@ import qdrant_edge as qe
 
 from colray.config import SinkConfig
 from colray.sink import (
+    HASH_PAYLOAD_KEY,
+    SCROLL_PAGE,
     FinalizeResult,
     Hit,
     Point,
@@ -46,7 +52,9 @@ class EdgeSink:
         assert cfg.path is not None
         self.cfg = cfg
         self.layout = layout
-        self.path = Path(cfg.path).expanduser()
+        # A reindexed store is a symlink to its live version: open the version itself, so a
+        # reader keeps the store it opened when the link moves on.
+        self.path = Path(cfg.path).expanduser().resolve()
         self.shard: qe.EdgeShard | None = None
 
     def _config(self, indexing_threshold_kb: int | None) -> qe.EdgeConfig:
@@ -152,6 +160,28 @@ class EdgeSink:
             if offset is None:
                 return hits
 
+    def stored_hashes(self) -> dict[str, str | None]:
+        hashes: dict[str, str | None] = {}
+        offset = None
+        while True:
+            records, offset = self._open().scroll(
+                qe.ScrollRequest(
+                    limit=SCROLL_PAGE,
+                    offset=offset,
+                    with_payload=qe.PayloadSelector.Include([HASH_PAYLOAD_KEY]),
+                    with_vector=False,
+                )
+            )
+            for record in records:
+                hashes[str(record.id)] = ((record.payload or {}).get("_colray") or {}).get("hash")
+            if offset is None:
+                return hashes
+
+    def delete(self, point_ids: list[str]) -> None:
+        for start in range(0, len(point_ids), SCROLL_PAGE):
+            chunk = list(point_ids[start : start + SCROLL_PAGE])
+            self._open().update(qe.UpdateOperation.delete_points(chunk))
+
     def _open(self) -> qe.EdgeShard:
         if self.shard is None:
             raise SinkError("the Edge store is not open")
@@ -161,3 +191,48 @@ class EdgeSink:
         if self.shard is not None:
             self.shard.close()
             self.shard = None
+
+
+class StoreVersions:
+    """Store directories `<path>.versions/v<time>`, served through `<path>`, a symlink."""
+
+    def __init__(self, cfg: SinkConfig):
+        assert cfg.path is not None
+        self.cfg = cfg
+        self.pointer = Path(cfg.path).expanduser().absolute()
+        self.served_as = str(self.pointer)
+        self.root = self.pointer.with_name(self.pointer.name + ".versions")
+
+    def live(self) -> str | None:
+        if self.pointer.is_symlink():
+            return Path(os.readlink(self.pointer)).name
+        if self.pointer.exists():
+            raise SinkError(
+                f"{self.pointer} is a store directory, not a pointer: reindex serves readers "
+                f"through a symlink at that path. Rebuild under a new sink.path once, or move "
+                f"the store aside (a short gap for its readers)."
+            )
+        return None
+
+    def all(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if re.fullmatch(r"v\d{20}", p.name))
+
+    def sink_for(self, version: str) -> SinkConfig:
+        return self.cfg.model_copy(update={"path": str(self.root / version)})
+
+    def switch(self, version: str) -> None:
+        # rename(2) over the old link is atomic: a reader resolves either version, never none.
+        # The link is relative, so moving the parent folder keeps it valid.
+        staged = self.pointer.with_name(f".{self.pointer.name}.{uuid.uuid4().hex}.link")
+        os.symlink(Path(self.root.name) / version, staged)
+        os.replace(staged, self.pointer)
+        directory = os.open(self.pointer.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the switch survives a crash right after
+        finally:
+            os.close(directory)
+
+    def drop(self, version: str) -> None:
+        shutil.rmtree(self.root / version)

@@ -6,6 +6,7 @@ Transient failures are retried with stamina's jittered exponential backoff; othe
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -20,6 +21,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from colray.config import SinkConfig
 from colray.sink import (
+    HASH_PAYLOAD_KEY,
+    SCROLL_PAGE,
     FinalizeResult,
     Hit,
     Point,
@@ -91,6 +94,35 @@ def warn_if_key_in_clear(url: str, has_key: bool) -> None:
         )
 
 
+def make_client(cfg: SinkConfig) -> QdrantClient:
+    if cfg.url:
+        api_key = cfg.resolved_api_key()
+        warn_if_key_in_clear(cfg.url, api_key is not None)
+        return QdrantClient(
+            url=cfg.url,
+            api_key=api_key,
+            prefer_grpc=cfg.prefer_grpc,
+            timeout=int(cfg.timeout_s),
+            verify=cfg.verify_tls,
+        )
+    return QdrantClient(path=cfg.path)
+
+
+def call_with_retries(cfg: SinkConfig, fn: Callable[[], T]) -> T:
+    """`fn()`, retried on transient failures with the backoff the sink settings give."""
+    for attempt in stamina.retry_context(
+        on=retry_after,
+        attempts=cfg.retry_attempts,
+        timeout=cfg.retry_timeout_s,
+        wait_initial=cfg.retry_wait_initial_s,
+        wait_max=cfg.retry_wait_max_s,
+        wait_jitter=cfg.retry_wait_initial_s,
+    ):
+        with attempt:
+            return fn()
+    raise AssertionError("unreachable: stamina re-raises the last error")
+
+
 class QdrantSink:
     def __init__(
         self, cfg: SinkConfig, layout: list[VectorSpec], client: QdrantClient | None = None
@@ -98,36 +130,16 @@ class QdrantSink:
         self.cfg = cfg
         self.layout = layout
         self.collection = cfg.collection
-        if client is not None:  # an already configured client (tests inject faults this way)
-            self.client = client
-        elif cfg.url:
-            api_key = cfg.resolved_api_key()
-            warn_if_key_in_clear(cfg.url, api_key is not None)
-            self.client = QdrantClient(
-                url=cfg.url,
-                api_key=api_key,
-                prefer_grpc=cfg.prefer_grpc,
-                timeout=int(cfg.timeout_s),
-                verify=cfg.verify_tls,
-            )
-        else:
-            self.client = QdrantClient(path=cfg.path)
+        # An injected client stays open after close(): its owner shares it (local mode's
+        # one client per directory), or configured it (tests inject faults this way).
+        self.owns_client = client is None
+        self.client = client if client is not None else make_client(cfg)
 
     def _call(self, fn: Callable[[], T]) -> T:
-        for attempt in stamina.retry_context(
-            on=retry_after,
-            attempts=self.cfg.retry_attempts,
-            timeout=self.cfg.retry_timeout_s,
-            wait_initial=self.cfg.retry_wait_initial_s,
-            wait_max=self.cfg.retry_wait_max_s,
-            wait_jitter=self.cfg.retry_wait_initial_s,
-        ):
-            with attempt:
-                return fn()
-        raise AssertionError("unreachable: stamina re-raises the last error")
+        return call_with_retries(self.cfg, fn)
 
     def prepare(self) -> None:
-        if self._call(lambda: self.client.collection_exists(self.collection)):
+        if self._exists():
             self._check_layout()
             self._call(
                 lambda: self.client.update_collection(
@@ -147,12 +159,19 @@ class QdrantSink:
         except Exception:
             # A create that timed out may have happened (or another writer won the race):
             # then the retry is refused as "already exists", and the layout check decides.
-            if not self._call(lambda: self.client.collection_exists(self.collection)):
+            if not self._exists():
                 raise
             self._check_layout()
 
+    def _exists(self) -> bool:
+        """The collection, or an alias of one (as `colray reindex` serves it), exists."""
+        if self._call(lambda: self.client.collection_exists(self.collection)):
+            return True
+        aliases = self._call(self.client.get_aliases).aliases
+        return any(a.alias_name == self.collection for a in aliases)
+
     def open_for_reading(self) -> None:
-        if not self._call(lambda: self.client.collection_exists(self.collection)):
+        if not self._exists():
             raise SinkError(f"collection {self.collection!r} does not exist")
         self._check_layout()
 
@@ -279,5 +298,97 @@ class QdrantSink:
             if offset is None:
                 return hits
 
+    def stored_hashes(self) -> dict[str, str | None]:
+        hashes: dict[str, str | None] = {}
+        offset = None
+        while True:
+            records, offset = self._call(
+                lambda start=offset: self.client.scroll(
+                    self.collection,
+                    limit=SCROLL_PAGE,
+                    offset=start,
+                    with_payload=models.PayloadSelectorInclude(include=[HASH_PAYLOAD_KEY]),
+                    with_vectors=False,
+                )
+            )
+            for record in records:
+                hashes[str(record.id)] = ((record.payload or {}).get("_colray") or {}).get("hash")
+            if offset is None:
+                return hashes
+
+    def delete(self, point_ids: list[str]) -> None:
+        for start in range(0, len(point_ids), SCROLL_PAGE):
+            chunk: list[models.ExtendedPointId] = list(point_ids[start : start + SCROLL_PAGE])
+            self._call(
+                lambda chunk=chunk: self.client.delete(
+                    self.collection, points_selector=models.PointIdsList(points=chunk), wait=True
+                )
+            )
+
     def close(self) -> None:
-        self.client.close()
+        if self.owns_client:
+            self.client.close()
+
+
+class CollectionVersions:
+    """Collections `<alias>__v<time>`, served through the alias `sink.collection`."""
+
+    def __init__(self, cfg: SinkConfig, client: QdrantClient):
+        self.cfg = cfg
+        self.alias = self.served_as = cfg.collection
+        self.client = client
+        self.pattern = re.compile(re.escape(self.alias) + r"__v\d{20}")
+
+    def live(self) -> str | None:
+        for alias in call_with_retries(self.cfg, self.client.get_aliases).aliases:
+            if alias.alias_name == self.alias:
+                return alias.collection_name.removeprefix(self.alias + "__")
+        if self.alias in self._collections():
+            raise SinkError(
+                f"{self.alias!r} is a collection, not an alias: reindex serves queries through "
+                f"an alias of that name. Rebuild under a new sink.collection once, or delete or "
+                f"rename the collection (a short gap for its readers)."
+            )
+        return None
+
+    def all(self) -> list[str]:
+        names = self._collections()
+        return sorted(n.removeprefix(self.alias + "__") for n in names if self.pattern.fullmatch(n))
+
+    def _collections(self) -> set[str]:
+        return {
+            c.name for c in call_with_retries(self.cfg, self.client.get_collections).collections
+        }
+
+    def sink_for(self, version: str) -> SinkConfig:
+        return self.cfg.model_copy(update={"collection": f"{self.alias}__{version}"})
+
+    def switch(self, version: str) -> None:
+        # One request: Qdrant applies the alias changes atomically, so no query finds the
+        # alias missing or half-moved.
+        operations: list[models.AliasOperations] = []
+        if self.live() is not None:
+            operations.append(
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.alias))
+            )
+        operations.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(
+                    collection_name=f"{self.alias}__{version}", alias_name=self.alias
+                )
+            )
+        )
+        # A retry after an applied-but-failed call is refused (alias exists); it then checks.
+        try:
+            call_with_retries(
+                self.cfg,
+                lambda: self.client.update_collection_aliases(change_aliases_operations=operations),
+            )
+        except Exception:
+            if self.live() != version:
+                raise
+
+    def drop(self, version: str) -> None:
+        call_with_retries(
+            self.cfg, lambda: self.client.delete_collection(f"{self.alias}__{version}")
+        )
