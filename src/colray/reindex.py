@@ -1,0 +1,111 @@
+"""Rebuilds without downtime: load a new version of the store, then move readers to it at once.
+
+Readers use a stable name (a Qdrant alias, or for Edge a symlink at sink.path) that is switched
+only once the new version is complete and ready; old versions beyond sink.keep_versions go.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from colray.config import Settings
+from colray.pipeline import RunReport, run_ingest
+from colray.sink import Versions, new_version_name, open_versions
+
+log = logging.getLogger(__name__)
+
+
+def reindex(
+    settings: Settings,
+    report_path: str | os.PathLike[str] | None = None,
+    *,
+    incremental: bool = False,
+    client: Any = None,
+) -> RunReport:
+    """Rebuild the store behind its stable name and return the run's report.
+
+    A full rebuild loads a new version and switches to it; a failed one is never served.
+    `incremental` updates the live version in place instead: unchanged rows are skipped,
+    changed rows re-embedded, points whose rows left the source deleted. Queries see a
+    complete store throughout, mid-update points being the old or the new version of a row.
+    `client`: an open qdrant-client (local mode allows one per directory).
+    """
+    cfg = settings.sink
+    owned = None
+    if cfg.kind == "qdrant" and client is None:
+        from colray.sink.qdrant import make_client
+
+        client = owned = make_client(cfg)
+    try:
+        versions = open_versions(cfg, client)
+        live = versions.live()
+        if incremental and live is not None:
+            report = _ingest_into(settings, versions, live, report_path, True, client)
+            report.reindex = _summary(cfg.kind, versions, "incremental", live, live, [])
+        else:
+            version = new_version_name()
+            try:
+                report = _ingest_into(settings, versions, version, report_path, incremental, client)
+            except BaseException:
+                # Never served, and a rerun builds a version of its own: nothing to keep.
+                _drop_quietly(versions, version)
+                raise
+            versions.switch(version)
+            dropped = _retire(versions, version, live, cfg.keep_versions)
+            report.reindex = _summary(cfg.kind, versions, "rebuild", version, live, dropped)
+        report.save()
+        return report
+    finally:
+        if owned is not None:
+            owned.close()
+
+
+def _ingest_into(
+    settings: Settings,
+    versions: Versions,
+    version: str,
+    report_path: str | os.PathLike[str] | None,
+    incremental: bool,
+    client: Any,
+) -> RunReport:
+    versioned = settings.model_copy(update={"sink": versions.sink_for(version)})
+    return run_ingest(versioned, report_path, incremental=incremental, client=client)
+
+
+def _retire(versions: Versions, new: str, previous: str | None, keep: int) -> list[str]:
+    """Drop versions older than `new` beyond the newest `keep` (counting `new`).
+
+    The version just replaced is kept first (readers that opened it before the switch may still
+    use it); versions newer than `new` belong to a rebuild still running and are left alone.
+    """
+    older = [v for v in reversed(versions.all()) if v < new]
+    if previous in older:
+        older.remove(previous)
+        older.insert(0, previous)
+    dropped = older[keep - 1 :]
+    for version in dropped:
+        versions.drop(version)
+    return sorted(dropped)
+
+
+def _drop_quietly(versions: Versions, version: str) -> None:
+    try:
+        if version in versions.all():
+            versions.drop(version)
+    except Exception as exc:  # the build's own error is the one to report
+        log.warning("could not remove the unfinished version %s: %s", version, exc)
+
+
+def _summary(
+    kind: str, versions: Versions, mode: str, version: str, previous: str | None, dropped: list
+) -> dict[str, Any]:
+    return {
+        "mode": mode,
+        "served_as": versions.served_as,
+        "engine": kind,
+        "version": version,
+        "previous": previous,
+        "dropped": dropped,
+    }
