@@ -1,4 +1,4 @@
-"""The `colray` command: ingest, query, demo and models.
+"""The `colray` command: ingest, reindex, query, submit/status/logs (Ray jobs), demo, models.
 
 Exit codes: 0 success, 1 the run failed, 2 bad configuration (nothing was written),
 3 the run finished but more rows were dead-lettered than run.max_failed_fraction allows.
@@ -13,6 +13,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -93,18 +94,108 @@ def _build_parser() -> argparse.ArgumentParser:
         "ingest",
         help="embed a dataset and load it into Qdrant",
         formatter_class=formatter,
-        description="Read the source in shards, embed every row on Ray actors, upsert the "
-        "multivectors with indexing off, then switch indexing on and wait until the "
-        "collection is ready. Re-running the same job overwrites the same points.",
+        description=_wrap(
+            "Read the source in shards, embed every row on Ray actors, upsert the "
+            "multivectors with indexing off, then switch indexing on and wait until the "
+            "collection is ready. Re-running the same job overwrites the same points."
+        ),
         epilog=INGEST_EXAMPLE + "\n" + CONFIG_HELP,
     )
     _add_config_args(ingest)
-    ingest.add_argument(
-        "--report",
-        metavar="PATH",
-        help="where to write the JSON run report (default: <run.dir>/<run id>/report.json)",
-    )
+    _add_run_args(ingest)
     ingest.set_defaults(handler=_cmd_ingest)
+
+    reindex = sub.add_parser(
+        "reindex",
+        help="rebuild a collection with zero downtime (alias / pointer switch)",
+        formatter_class=formatter,
+        description=_wrap(
+            "Load the job into a new version of the store (collection "
+            "<sink.collection>__v<time>, or Edge directory <sink.path>.versions/v<time>), wait "
+            "until it is ready, then move the alias sink.collection (Edge: the symlink at "
+            "sink.path) to it in one atomic step and drop versions beyond sink.keep_versions. "
+            "Queries use the alias or path and always see a complete store. A failed rebuild is "
+            "never served.\n\nWith --incremental the live version is updated in place instead: "
+            "rows whose content hash is unchanged are skipped, changed rows re-embedded, and "
+            "points whose rows left the source deleted."
+        ),
+        epilog="example:\n  colray reindex --config configs/stdlib-minilm-edge.yaml\n"
+        "  colray reindex --config job.yaml --incremental   # nightly: only what changed\n\n"
+        + CONFIG_HELP,
+    )
+    _add_config_args(reindex)
+    _add_run_args(reindex)
+    reindex.set_defaults(handler=_cmd_reindex)
+
+    submit = sub.add_parser(
+        "submit",
+        help="run ingest or reindex as a Ray job on a cluster",
+        formatter_class=formatter,
+        description=_wrap(
+            "Validate the config here, then submit jobs/ingest.py (or jobs/reindex.py) "
+            "as a Ray job: the project directory becomes the job's working_dir and this colray "
+            "its py_module; the embedding actors ask for the GPUs the config names. COLRAY_* "
+            f"settings of this shell go along, except {API_KEY_ENV}: the cluster reads the key "
+            "from its own environment (see infra/). Prints the submission id.\n\n"
+            "Schedules: --schedule-slot names the run of one schedule period, so the submission "
+            "id is the same each time that period fires and Ray refuses a second run."
+        ),
+        epilog="examples:\n"
+        "  colray submit --address http://head:8265 --config configs/colbert-qdrant-server.yaml\n"
+        "  colray submit -c job.yaml --reindex --incremental --follow\n"
+        "  # cron, hourly; a double fire in the same hour prints 'already submitted', exit 0\n"
+        "  colray submit -c job.yaml --reindex --schedule-slot auto --every 60\n\n"
+        "exit codes: 0 submitted (with --follow: the job succeeded); with --follow the job's "
+        "own code (1 failed, 2 bad config, 3 too many dead letters)",
+    )
+    _add_address_arg(submit)
+    _add_config_args(submit)
+    submit.add_argument(
+        "--reindex", action="store_true", help="run `colray reindex` instead of `ingest`"
+    )
+    submit.add_argument(
+        "--incremental", action="store_true", help="skip unchanged rows, delete vanished ones"
+    )
+    submit.add_argument(
+        "--working-dir",
+        metavar="DIR",
+        help="the project directory to ship (default: the one holding jobs/ at or above the "
+        "current directory); the config must be inside it",
+    )
+    submit.add_argument("--submission-id", metavar="ID", help="a submission id of your own")
+    submit.add_argument(
+        "--schedule-slot",
+        metavar="SLOT",
+        help="the schedule period this run belongs to (e.g. 2026-11-24), or 'auto': the "
+        "current period of --every minutes; the submission id follows from it",
+    )
+    submit.add_argument(
+        "--every",
+        type=int,
+        metavar="MINUTES",
+        help="the schedule's period, for --schedule-slot auto",
+    )
+    submit.add_argument(
+        "--follow", action="store_true", help="stream the job's logs and exit with its outcome"
+    )
+    submit.set_defaults(handler=_cmd_submit)
+
+    status = sub.add_parser(
+        "status",
+        help="a Ray job's status and, once it ended, its run report",
+        description="Ask the cluster how a submitted job stands; when it has ended, show "
+        "the run report it printed (counts, dead letters, versions).",
+    )
+    _add_address_arg(status)
+    status.add_argument("submission_id", metavar="ID")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_cmd_status)
+
+    logs = sub.add_parser("logs", help="a Ray job's logs", description="Print a job's logs.")
+    _add_address_arg(logs)
+    logs.add_argument("submission_id", metavar="ID")
+    logs.add_argument("--follow", action="store_true", help="stream until the job ends")
+    logs.set_defaults(handler=_cmd_logs)
 
     query = sub.add_parser(
         "query",
@@ -158,6 +249,11 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _wrap(text: str) -> str:
+    """Paragraphs filled to the terminal's usual width (the raw formatter keeps newlines)."""
+    return "\n\n".join(textwrap.fill(p, 88) for p in text.split("\n\n"))
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", metavar="FILE", required=True, help="job YAML file")
     parser.add_argument(
@@ -170,17 +266,63 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--report",
+        metavar="PATH",
+        help="where to write the JSON run report (default: <run.dir>/<run id>/report.json)",
+    )
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="skip rows stored with the same content hash, re-embed changed rows, delete "
+        "points whose rows left the source; the report counts each",
+    )
+    # jobs/*.py: print the report on stdout as one marked line for `colray status`.
+    parser.add_argument("--emit-report", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_address_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        metavar="URL",
+        help="the Ray dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS)",
+    )
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, args.overrides)
-    return _ingest(settings, args.report)
+    return _ingest(settings, args.report, incremental=args.incremental, emit=args.emit_report)
 
 
-def _ingest(settings: Settings, report_path: str | None) -> int:
-    from colray.pipeline import LostRowsError, TooManyFailuresError, run_ingest
+def _cmd_reindex(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, args.overrides)
+    return _ingest(
+        settings, args.report, incremental=args.incremental, rebuild=True, emit=args.emit_report
+    )
+
+
+def _ingest(
+    settings: Settings,
+    report_path: str | None,
+    *,
+    incremental: bool = False,
+    rebuild: bool = False,
+    emit: bool = False,
+) -> int:
+    from colray.pipeline import LostRowsError, RunReport, TooManyFailuresError, run_ingest
+    from colray.reindex import reindex
     from colray.sink import SinkError
 
+    def emit_report(report: RunReport) -> None:
+        if emit:
+            from colray.cluster import REPORT_MARKER
+
+            print(REPORT_MARKER + json.dumps(asdict(report)), flush=True)
+
+    run = reindex if rebuild else run_ingest
     try:
-        report = run_ingest(settings, report_path)
+        report = run(settings, report_path, incremental=incremental)
     except SinkError as exc:
         print(f"colray: sink: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -188,8 +330,10 @@ def _ingest(settings: Settings, report_path: str | None) -> int:
         print(f"colray: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except TooManyFailuresError as exc:
+        emit_report(exc.report)
         print(f"colray: {exc}\nreport: {exc.report.report_path}", file=sys.stderr)
         return EXIT_TOO_MANY_FAILED
+    emit_report(report)
     print(
         f"ingested {report.points_written} points from {report.rows_read} rows "
         f"({report.dead_lettered} dead-lettered, {report.skipped_existing} already done by an "
@@ -197,8 +341,73 @@ def _ingest(settings: Settings, report_path: str | None) -> int:
         f"store holds {report.points_in_store} points\nreport: {report.report_path}",
         file=sys.stderr,
     )
+    if report.incremental:
+        changes = ", ".join(f"{n} {what}" for what, n in report.incremental.items())
+        print(f"incremental: {changes}", file=sys.stderr)
+    if report.reindex:
+        r = report.reindex
+        moved = "updated in place" if r["mode"] == "incremental" else "now serves"
+        dropped = f"; dropped {', '.join(r['dropped'])}" if r["dropped"] else ""
+        print(f"{r['served_as']} {moved} version {r['version']}{dropped}", file=sys.stderr)
     if report.dead_lettered:
         print(f"dead letters: {report.dead_letter_path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from colray import cluster
+
+    slot = args.schedule_slot
+    if slot == "auto":
+        if not args.every or args.every < 1:
+            raise ConfigError(["--every: --schedule-slot auto needs the period in minutes (>= 1)"])
+        slot = cluster.schedule_slot(args.every)
+    if slot and args.submission_id:
+        raise ConfigError(["--submission-id: give it or --schedule-slot, not both"])
+    submission = cluster.submit(
+        address=args.address,
+        config=args.config,
+        overrides=args.overrides,
+        command="reindex" if args.reindex else "ingest",
+        incremental=args.incremental,
+        working_dir=args.working_dir,
+        submission_id=args.submission_id,
+        slot=slot,
+    )
+    if submission.already_submitted:
+        print(f"already submitted: {submission.submission_id} (not run again)", file=sys.stderr)
+    else:
+        print(f"submitted: {submission.entrypoint}", file=sys.stderr)
+    print(submission.submission_id)
+    if not args.follow:
+        return 0
+    state = cluster.follow(args.address, submission.submission_id)
+    print(f"job {state.submission_id}: {state.status}", file=sys.stderr)
+    return cluster.exit_code(state)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from colray import cluster
+
+    state = cluster.job_state(args.address, args.submission_id)
+    if args.json:
+        print(json.dumps(asdict(state), indent=2))
+        return 0
+    print(
+        f"{state.submission_id}: {state.status}" + (f" ({state.message})" if state.message else "")
+    )
+    if state.report:
+        print(json.dumps(state.report, indent=2))
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from colray import cluster
+
+    if args.follow:
+        state = cluster.follow(args.address, args.submission_id)
+        return cluster.exit_code(state)
+    sys.stdout.write(cluster.job_logs(args.address, args.submission_id))
     return 0
 
 
