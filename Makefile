@@ -17,8 +17,8 @@ demo: install
 	$(UV) run --frozen colray demo
 
 lint: install
-	$(UV) run --frozen ruff check src tests benchmarks
-	$(UV) run --frozen ruff format --check src tests benchmarks
+	$(UV) run --frozen ruff check src tests benchmarks jobs
+	$(UV) run --frozen ruff format --check src tests benchmarks jobs
 
 test: lint
 	$(UV) run --frozen pytest
@@ -27,8 +27,8 @@ test-all: lint
 	$(UV) run --frozen pytest -m ""
 
 format: install
-	$(UV) run --frozen ruff format src tests benchmarks
-	$(UV) run --frozen ruff check --fix src tests benchmarks
+	$(UV) run --frozen ruff format src tests benchmarks jobs
+	$(UV) run --frozen ruff check --fix src tests benchmarks jobs
 
 bench: install
 	$(UV) run --frozen python benchmarks/text_ingest.py

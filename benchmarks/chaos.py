@@ -1,6 +1,6 @@
 """Chaos: the same ingest job with 0%, 10% and 30% of the sink's calls failing.
 
-The writer's real QdrantClient (local mode) is made flaky inside Ray's workers by the tests'
+The job's real QdrantClient (local mode, written by the driver) is made flaky by the tests'
 fault injector (`tests/faults.py`): real exception types (timeouts, 429 with Retry-After,
 500, 502, 503), half of them raised after the call was applied. Each run is its own Ray job
 in a subprocess; the table shows rows in and out, duplicates and the retries' time overhead.
@@ -25,15 +25,16 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 JOB = """
 import os, sys
 import ray
+from qdrant_client import QdrantClient
 from colray.config import load_settings
 from colray.pipeline import run_ingest
+from faults import FlakyClient
 
-config, out = sys.argv[1:3]
-ray.init(include_dashboard=False, runtime_env={
-    "worker_process_setup_hook": "faults.install",
-    "env_vars": {k: v for k, v in os.environ.items() if k.startswith(("COLRAY_TEST", "PYTHONPATH"))},
-})
-open(out, "w").write(run_ingest(load_settings(config)).to_json())
+config, out, store = sys.argv[1:4]
+ray.init(include_dashboard=False)
+# A local-mode store is written by the driver, which holds its directory's lock.
+client = FlakyClient(QdrantClient(path=store), rate=float(os.environ["COLRAY_TEST_FAULT_RATE"]))
+open(out, "w").write(run_ingest(load_settings(config), client=client).to_json())
 """
 
 
@@ -58,7 +59,10 @@ def run_with_faults(work: Path, corpus: Path, rate: float) -> dict:
     env = {**os.environ, "PYTHONPATH": str(TESTS), "COLRAY_TEST_FAULT_RATE": str(rate),
            "COLRAY_TEST_FAULT_LOG": str(faults)}  # fmt: skip
     out = run_dir / "report.json"
-    subprocess.run([sys.executable, "-c", JOB, str(config), str(out)], env=env, check=True)
+    store_path = str(run_dir / "store")
+    subprocess.run(
+        [sys.executable, "-c", JOB, str(config), str(out), store_path], env=env, check=True
+    )
     report = json.loads(out.read_text())
     from qdrant_client import QdrantClient
 

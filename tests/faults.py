@@ -1,6 +1,6 @@
 """Server faults for tests: the real QdrantClient, failing like a server under stress would.
 
-`install` is a Ray worker setup hook: it makes every QdrantClient in that worker flaky.
+A job's driver writes local-mode stores, so tests hand it a FlakyClient (`run_ingest(client=)`).
 """
 
 from __future__ import annotations
@@ -66,16 +66,3 @@ def _log_fault(method: str, applied: bool) -> None:
     if path:  # the test process counts the faults raised in Ray's workers
         with open(path, "a") as log:
             log.write(f"{method} {'after' if applied else 'before'}\n")
-
-
-def install() -> None:
-    """Worker setup hook: QdrantClient(...) returns a FlakyClient around the real one."""
-    import qdrant_client
-
-    rate = float(os.environ.get(FAULT_RATE_ENV, "0.3"))
-    real = QdrantClient
-
-    def flaky_client(*args, **kwargs) -> FlakyClient:
-        return FlakyClient(real(*args, **kwargs), rate=rate, seed=0)
-
-    qdrant_client.QdrantClient = flaky_client  # type: ignore[misc]
