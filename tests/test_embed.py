@@ -11,6 +11,7 @@ import torch
 from colray.config import EmbedConfig
 from colray.embed import REGISTRY, Embedder, load_embedder, resolve_model_dir
 from colray.embed.onnx_text import OnnxColbertEmbedder, load_tokenizer
+from colray.embed.pooling import pool_tokens
 
 SENTENCES = [
     "Hello world!",
@@ -168,3 +169,20 @@ def test_colbertv2_layout_loads_from_model_onnx(tiny_colbert, tmp_path) -> None:
 def test_unknown_model_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ValueError, match="not a registered name or a local directory"):
         load_embedder(EmbedConfig(model=str(tmp_path / "no-such-model")))
+
+
+def test_token_pooling_keeps_the_marker_and_merges_similar_tokens(minilm: Embedder) -> None:
+    text = "The zipfile module reads and writes ZIP archives. " * 4
+    (tokens,) = minilm.embed_documents([text])
+    pooled = pool_tokens(tokens, 2)
+    assert len(pooled) == 1 + (len(tokens) - 1) // 2
+    np.testing.assert_array_equal(pooled[0], tokens[0])  # the first vector is never merged
+    np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), 1.0, rtol=1e-5)
+    # Each pooled vector stands for real tokens: it is close to one of them.
+    assert (pooled[1:] @ tokens[1:].T).max(axis=1).min() > 0.7
+    # The sentence is repeated four times: its copies merge, and MaxSim barely moves.
+    query = minilm.embed_query("read zip archives")
+    full, reduced = (float((query @ d.T).max(axis=1).sum()) for d in (tokens, pooled))
+    assert abs(full - reduced) / full < 0.05
+    assert pool_tokens(tokens, 1) is tokens
+    assert len(pool_tokens(tokens[:2], 4)) == 2  # nothing to merge

@@ -137,6 +137,13 @@ class EmbedConfig(_Section):
     )
     doc_maxlen: int | None = Field(default=None, gt=0, description="Max tokens per document.")
     query_maxlen: int | None = Field(default=None, gt=0, description="Query length (colbert).")
+    pool_factor: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Token pooling: store about 1/pool_factor of each document's vectors, "
+        "similar tokens merged (PyLate's pool_factor; 1 keeps every token).",
+    )
     cache_dir: str | None = Field(
         default=None, description="Where exported ONNX models are cached (~/.cache/colray)."
     )

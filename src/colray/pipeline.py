@@ -34,6 +34,7 @@ from colray.embed.colpali import (
     describe_image_model,
     pool_by_rows_and_columns,
 )
+from colray.embed.pooling import pool_tokens
 from colray.resume import ResumeLog, content_salt, job_fingerprint
 from colray.sink import Sink, SinkError, VectorSpec, open_sink
 from colray.sources import (
@@ -214,6 +215,8 @@ class EmbedStage:
         """Vectors with whether the text was cut at the model's limit (kept, and flagged)."""
         vectors = self.embedder.embed_documents(texts)
         flags = getattr(self.embedder, "last_truncated", None) or [False] * len(vectors)
+        if self.cfg.pool_factor > 1:
+            vectors = [pool_tokens(v, self.cfg.pool_factor) for v in vectors]
         return list(zip(vectors, flags, strict=True))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from colray.config import Settings
 
-EMBED_IDENTITY = {"model", "profile", "vector_name", "doc_maxlen"}
+EMBED_IDENTITY = {"model", "profile", "vector_name", "doc_maxlen", "pool_factor"}
 IMAGE_IDENTITY = {"model", "vector_name", "pooled", "max_pixels"}
 
 
@@ -25,13 +25,7 @@ def job_fingerprint(settings: Settings, layout: list[Any], source_files: list[st
     identity = {
         "source": settings.source.model_dump(mode="json", exclude={"rows_per_block"}),
         "files": source_files,
-        "embed": settings.embed.model_dump(mode="json", include=EMBED_IDENTITY)
-        if settings.source.text_column
-        else None,
-        "image": settings.image.model_dump(mode="json", include=IMAGE_IDENTITY)
-        if settings.source.image_column
-        else None,
-        "layout": [repr(spec) for spec in layout],
+        **model_identity(settings, layout),
         "sink": {
             "kind": settings.sink.kind,
             "where": settings.sink.url or settings.sink.path,
@@ -44,7 +38,13 @@ def job_fingerprint(settings: Settings, layout: list[Any], source_files: list[st
 def content_salt(settings: Settings, layout: list[Any]) -> str:
     """How rows become points: part of every row's content hash, so a new model or layout
     makes an incremental run re-embed everything."""
-    identity = {
+    identity = {**model_identity(settings, layout), "payload": settings.source.payload_columns}
+    return json.dumps(identity, sort_keys=True)
+
+
+def model_identity(settings: Settings, layout: list[Any]) -> dict[str, Any]:
+    """The models and vector layout a job embeds with (not how fast or where it runs)."""
+    return {
         "embed": settings.embed.model_dump(mode="json", include=EMBED_IDENTITY)
         if settings.source.text_column
         else None,
@@ -52,9 +52,7 @@ def content_salt(settings: Settings, layout: list[Any]) -> str:
         if settings.source.image_column
         else None,
         "layout": [repr(spec) for spec in layout],
-        "payload": settings.source.payload_columns,
     }
-    return json.dumps(identity, sort_keys=True)
 
 
 class ResumeLog:

@@ -162,6 +162,11 @@ HASH_PAYLOAD_KEY = "_colray.hash"
 SCROLL_PAGE = 1024
 
 
+def stored_hash(payload: dict[str, Any] | None) -> str | None:
+    """The content hash colray stored in a point's payload (None for points from before)."""
+    return ((payload or {}).get("_colray") or {}).get("hash")
+
+
 def json_safe(value: Any) -> Any:
     """Arrow/Python values as JSON payload values (Qdrant payloads are JSON)."""
     if value is None or isinstance(value, bool | int | str):

@@ -26,6 +26,7 @@ from colray.sink import (
     SinkError,
     VectorSpec,
     hit_from_record,
+    stored_hash,
 )
 
 # Indexing switched off while loading: building HNSW per batch would be rebuilt anyway.
@@ -173,7 +174,7 @@ class EdgeSink:
                 )
             )
             for record in records:
-                hashes[str(record.id)] = ((record.payload or {}).get("_colray") or {}).get("hash")
+                hashes[str(record.id)] = stored_hash(record.payload)
             if offset is None:
                 return hashes
 

@@ -30,6 +30,7 @@ from colray.sink import (
     SinkError,
     VectorSpec,
     hit_from_record,
+    stored_hash,
 )
 
 T = TypeVar("T")
@@ -312,7 +313,7 @@ class QdrantSink:
                 )
             )
             for record in records:
-                hashes[str(record.id)] = ((record.payload or {}).get("_colray") or {}).get("hash")
+                hashes[str(record.id)] = stored_hash(record.payload)
             if offset is None:
                 return hashes
 
