@@ -174,6 +174,10 @@ def test_a_submitted_job_ingests_across_two_raylets_and_a_slot_runs_once(
     assert main(["logs", "--address", ray_cluster, "--follow", submission.submission_id]) == 0
     assert cluster.REPORT_MARKER in capsys.readouterr().out
 
+    # An id the cluster never saw is a clear error, not a trace.
+    assert main(["status", "--address", ray_cluster, "colray-no-such-job"]) == 2
+    assert "no job 'colray-no-such-job'" in capsys.readouterr().err
+
     # Every point is in the store the job wrote, each row once.
     store = open_sink(cluster_sink(project), [])
     assert isinstance(store, EdgeSink)

@@ -405,6 +405,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     from colray import cluster
 
     if args.follow:
+        cluster.job_state(args.address, args.submission_id)  # an unknown id: a clear error
         state = cluster.follow(args.address, args.submission_id)
         return cluster.exit_code(state)
     sys.stdout.write(cluster.job_logs(args.address, args.submission_id))

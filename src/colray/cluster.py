@@ -162,7 +162,12 @@ def forwarded_env() -> dict[str, str]:
 
 def job_state(address: str | None, submission_id: str) -> JobState:
     client = _client(address)
-    info = client.get_job_info(submission_id)
+    try:
+        info = client.get_job_info(submission_id)
+    except RuntimeError as exc:
+        if "404" in str(exc):
+            raise ConfigError([f"ID: the cluster has no job {submission_id!r}"]) from None
+        raise
     status = str(getattr(info.status, "value", info.status))
     report = None
     if status in TERMINAL:
@@ -184,6 +189,7 @@ def report_from_logs(logs: str) -> dict[str, Any] | None:
 
 
 def job_logs(address: str | None, submission_id: str) -> str:
+    job_state(address, submission_id)  # an unknown id is a clear error, not a 404 trace
     return str(_client(address).get_job_logs(submission_id))
 
 
