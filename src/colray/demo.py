@@ -32,6 +32,19 @@ def stdlib_docstrings(
 ) -> Iterator[dict[str, str]]:
     """Docstrings of the standard library as rows {doc_id, title, text}, in a stable order."""
     root = Path(sysconfig.get_paths()["stdlib"])
+    yield from python_docstrings(
+        root, modules_only=modules_only, public_only=public_only, min_chars=min_chars
+    )
+
+
+def python_docstrings(
+    root: Path, *, modules_only: bool = False, public_only: bool = True, min_chars: int = 40
+) -> Iterator[dict[str, str]]:
+    """Docstrings of the Python sources under `root` (parsed, never imported), as rows.
+
+    Over the installed packages (site-packages) this is a real corpus of 100k+ documents for
+    benchmarks at scale, where the standard library has about 5k.
+    """
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root)
         if relative.parts[0] in {"test", "tests", "idlelib", "site-packages", "lib2to3"} or any(
