@@ -97,6 +97,24 @@ def test_qwen_pages_have_no_padding_and_match_the_grid(vision_models, family):
         assert page.vectors.dtype == np.float32 and page.vectors.shape[1] == 128
 
 
+@pytest.mark.parametrize("family", ["colqwen2", "colpali"])
+def test_batches_in_flight_give_each_page_its_own_vectors(vision_models, family):
+    # batch_size=2 over 5 pages: the next batch is prepared while the previous one is still
+    # being collected, and a last odd batch ends the run.
+    embedder = loaded(vision_models, family)
+    geometry = embedder.info.geometry
+    sizes = [(100, 60), (60, 140), (90, 90), (140, 60), (70, 70)]
+    images = [
+        page_image(w, h, i).resize(geometry.target_size(w, h)) for i, (w, h) in enumerate(sizes)
+    ]
+    pages = embedder.embed_images(images)
+    assert len(pages) == len(images)
+    for page, image in zip(pages, images, strict=True):
+        (alone,) = embedder.embed_images([image])
+        assert page.grid == alone.grid and page.patch_start == alone.patch_start
+        np.testing.assert_allclose(page.vectors, alone.vectors, atol=1e-4)
+
+
 def test_colpali_pages_match_the_square_grid(vision_models):
     embedder = loaded(vision_models, "colpali")
     geometry = embedder.info.geometry

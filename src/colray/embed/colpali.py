@@ -152,6 +152,22 @@ def pool_by_rows_and_columns(page: PageEmbedding) -> tuple[np.ndarray, np.ndarra
     return by_rows, by_cols
 
 
+@dataclass
+class _Launched:
+    """A forward pass started by ColPaliFamilyEmbedder._launch, and what its pages need."""
+
+    tensor: Any  # the model's output (float32), on the host or on its way there
+    done: Any  # a CUDA event once the copy to the host has landed; None on the CPU
+    mask: np.ndarray
+    input_ids: np.ndarray
+    grids: list[list[int]] | None
+
+    def output(self) -> np.ndarray:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.tensor.numpy()
+
+
 class ColPaliFamilyEmbedder:
     """A colpali-engine model and its processor, loaded once per actor (or per query process)."""
 
@@ -181,41 +197,59 @@ class ColPaliFamilyEmbedder:
             self.image_token_id = getattr(config, "image_token_index", None)
 
     def embed_images(self, images: list[Image.Image]) -> list[PageEmbedding]:
+        """Pages in order. On a GPU the processor prepares batch i+1 on the CPU while the
+        model still runs batch i: CUDA calls return at once, and nothing waits on batch i
+        until its outputs are collected."""
         pages: list[PageEmbedding] = []
+        in_flight: _Launched | None = None
         for start in range(0, len(images), self.cfg.batch_size):
             batch = self.processor.process_images(images[start : start + self.cfg.batch_size])
             batch.pop("labels", None)  # ColPali's processor adds training labels
-            pages.extend(self._pages(batch))
+            launched = self._launch(batch)
+            if in_flight is not None:
+                pages.extend(self._pages(in_flight))
+            in_flight = launched
+        if in_flight is not None:
+            pages.extend(self._pages(in_flight))
         return pages
 
     def embed_query(self, text: str) -> np.ndarray:
-        batch = self.processor.process_queries([text])
-        output, mask = self._forward(batch)
-        return output[0][mask[0]]
+        launched = self._launch(self.processor.process_queries([text]))
+        output = launched.output()
+        return output[0][launched.mask[0]]
 
-    def _forward(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _launch(self, batch: Any) -> _Launched:
+        """Start the forward pass; on CUDA, return before it finishes."""
         import torch
 
-        batch = batch.to(self.device)
-        with torch.inference_mode():
-            output = self.model(**batch)
-        return (
-            output.to(torch.float32).cpu().numpy(),
-            batch["attention_mask"].bool().cpu().numpy(),
-        )
-
-    def _pages(self, batch: Any) -> list[PageEmbedding]:
-        input_ids = batch["input_ids"].cpu().numpy()
+        # Host-side copies of what the pages need, taken before the batch moves.
+        mask = batch["attention_mask"].bool().numpy()
+        input_ids = batch["input_ids"].numpy()
         grids = batch.get("image_grid_thw")
-        output, mask = self._forward(batch)
+        on_gpu = self.device == "cuda"
+        if on_gpu:
+            # Page-locked host memory lets the upload run as DMA without blocking this thread.
+            batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        with torch.inference_mode():
+            output = self.model(**batch).to(torch.float32)
+            done = None
+            if on_gpu:
+                # Into pinned host memory, asynchronously; the event marks when it has landed.
+                output = output.to("cpu", non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+        return _Launched(output, done, mask, input_ids, None if grids is None else grids.tolist())
+
+    def _pages(self, launched: _Launched) -> list[PageEmbedding]:
+        output, mask = launched.output(), launched.mask
         pages = []
         for i in range(len(output)):
-            kept_ids = input_ids[i][mask[i]]
+            kept_ids = launched.input_ids[i][mask[i]]
             vectors = np.ascontiguousarray(output[i][mask[i]])
             is_patch = kept_ids == self.image_token_id
             n_patches = int(is_patch.sum())
             patch_start = int(np.argmax(is_patch)) if n_patches else 0
-            grid = self._grid(n_patches, None if grids is None else grids[i].tolist())
+            grid = self._grid(n_patches, None if launched.grids is None else launched.grids[i])
             pages.append(PageEmbedding(vectors, patch_start, grid))
         return pages
 
