@@ -186,3 +186,19 @@ def test_token_pooling_keeps_the_marker_and_merges_similar_tokens(minilm: Embedd
     assert abs(full - reduced) / full < 0.05
     assert pool_tokens(tokens, 1) is tokens
     assert len(pool_tokens(tokens[:2], 4)) == 2  # nothing to merge
+
+
+@pytest.mark.parametrize("family", ["token", "colbert"])
+def test_io_binding_path_gives_the_plain_run_results(family, onnx_cache, tiny_colbert) -> None:
+    # On a GPU the embedders bind inputs and outputs to CUDA memory; the same code runs here
+    # bound to the CPU device, so the binding itself (names, shapes, dtypes) is checked.
+    model = "minilm-token" if family == "token" else str(tiny_colbert.directory)
+    embedder = load_embedder(EmbedConfig(model=model, cache_dir=onnx_cache, batch_size=2))
+    assert embedder.io_device is None  # CPU provider: plain run()
+    plain = embedder.embed_documents(SENTENCES)
+    plain_query = embedder.embed_query("parse arguments")
+    embedder.io_device = "cpu"
+    bound = embedder.embed_documents(SENTENCES)
+    for a, b in zip(plain, bound, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(plain_query, embedder.embed_query("parse arguments"))
