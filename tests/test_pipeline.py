@@ -12,6 +12,7 @@ import pytest
 
 from colray.config import Settings, load_settings
 from colray.embed import load_embedder
+from colray.embed.pooling import pool_tokens
 from colray.pipeline import _describe_sink, layout_for, run_ingest
 from colray.sink import QueryPlan, open_sink
 
@@ -117,6 +118,37 @@ def test_ingest_query_and_rerun(
     again = run_ingest(settings)
     assert again.points_in_store == 60  # the same ids were overwritten, nothing added
     assert again.points_written == 60 and again.dead_lettered == 3
+
+
+@pytest.mark.slow
+def test_pool_factor_stores_the_pooled_vectors(
+    ray_session, corpus, module_docs, tmp_path, onnx_cache
+) -> None:
+    settings = make_settings(tmp_path, corpus, SINKS["edge"](tmp_path), onnx_cache)
+    settings.embed.pool_factor = 3
+    report = run_ingest(settings)
+    assert report.points_written == 60 and report.dead_lettered == 3
+
+    embedder = load_embedder(settings.embed)
+    sink = open_sink(settings.sink, layout_for(settings.embed, embedder))
+    sink.open_for_reading()
+    try:
+        stored = {
+            p.payload["title"]: p.vectors["text"] for p in sink.retrieve_all(with_vectors=True)
+        }
+        assert len(stored) == 60  # titles are unique in this corpus
+        full_total = pooled_total = 0
+        for doc in module_docs[:60]:
+            full = embedder.embed_documents([doc["text"]])[0]
+            expected = pool_tokens(full, 3)
+            np.testing.assert_allclose(stored[doc["title"]], expected, atol=1e-5)
+            full_total, pooled_total = full_total + len(full), pooled_total + len(expected)
+        assert pooled_total <= full_total / 2.5  # about a third of the vectors are stored
+        doc = max(module_docs[:60], key=lambda d: len(d["text"]))
+        query = embedder.embed_query(" ".join(doc["text"].split()[:15]))
+        assert sink.query(query, QueryPlan("text"), limit=3)[0].payload["title"] == doc["title"]
+    finally:
+        sink.close()
 
 
 def test_report_describes_the_sink_without_credentials() -> None:
