@@ -1,8 +1,10 @@
 """Flat scaling: cost per row and peak memory of the pipeline at growing corpus sizes.
 
 The corpus is real text: docstrings of the installed packages' sources (parsed, not
-imported; 80k+ here), cached as Parquet on first use. At each size the raw embedder and the
-pipeline run side by side in this process; peak PSS covers the driver and every Ray worker.
+imported; 80k+ here), cached as Parquet on first use. At each size, in this process on the same rows: the
+embed-then-upsert loop of the Qdrant tutorials (unsorted groups of 32), the same loop with
+colray's length-sorted 256-row groups (whose embedder calls alone are the raw embedder's
+time), and the pipeline. Peak PSS covers the driver and every Ray worker.
 
     uv run python benchmarks/scaling.py [--sizes 1000,10000,50000] [--model minilm-token]
 """
@@ -15,16 +17,25 @@ import os
 import shutil
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from text_ingest import NO_HNSW_KB, timed  # benchmarks/ is on sys.path when run as a script
+from text_ingest import (  # benchmarks/ is on sys.path when run as a script
+    NO_HNSW_KB,
+    PeakRss,
+    spilled_bytes,
+    timed,
+)
 
 from colray.config import load_settings
 from colray.demo import python_docstrings, write_corpus
 from colray.embed import load_embedder
-from colray.pipeline import run_ingest
+from colray.pipeline import ensure_ray, layout_for, run_ingest
+from colray.sink import Point, open_sink
+from colray.sources import point_id
 
+MB = 2**20
 CACHE = Path.home() / ".cache" / "colray" / "bench"
 
 
@@ -43,62 +54,126 @@ def corpus_rows(size: int) -> list[dict[str, str]]:
     return rows
 
 
+def embed_then_upsert(settings, embedder, rows, group: int, store: Path) -> float:
+    """The Qdrant tutorials' loop: embed a group, upsert it, repeat; then re-enable indexing.
+
+    Returns the seconds spent inside the embedder, so the loop with colray's 256-row groups
+    also gives the raw embedder's time on exactly the same calls.
+    """
+    sink = open_sink(settings.sink.model_copy(update={"path": str(store)}),
+                     layout_for(settings.embed, embedder))  # fmt: skip
+    sink.prepare()
+    embedding = 0.0
+    for start in range(0, len(rows), group):
+        batch = rows[start : start + group]
+        began = time.perf_counter()
+        vectors = embedder.embed_documents([r["text"] for r in batch])
+        embedding += time.perf_counter() - began
+        sink.write([Point(point_id("bench", r["doc_id"]), {"text": v}, {"title": r["title"]})
+                    for r, v in zip(batch, vectors, strict=True)])  # fmt: skip
+    sink.finalize()
+    sink.close()
+    return embedding
+
+
+def measure(
+    size: int, model: str, doc_maxlen: int, with_tutorial: bool
+) -> tuple[dict[str, float], dict[str, PeakRss]]:
+    """Seconds and peak memory of each variant on the first `size` rows of the corpus."""
+    import ray  # after colray, whose import sets Ray's environment defaults
+
+    rows = corpus_rows(size)
+    work = Path(tempfile.mkdtemp(prefix="colray-scale-"))
+    corpus = write_corpus(rows, work / "corpus", rows_per_file=5000)
+    settings = load_settings(
+        None,
+        base={
+            "source": {"path": str(corpus), "text_column": "text", "id_column": "doc_id",
+                       "payload_columns": ["title"]},
+            "embed": {"model": model, "rows_per_call": 256, "doc_maxlen": doc_maxlen},
+            "sink": {"kind": "edge", "path": str(work / "store"),
+                     "indexing_threshold_kb": NO_HNSW_KB},
+            "run": {"dir": str(work / "runs"), "progress": False},
+        },
+    )  # fmt: skip
+    # The loops get every core, whatever the pipeline's actors are set to.
+    embedder = load_embedder(
+        settings.embed.model_copy(update={"threads_per_actor": os.cpu_count()})
+    )
+    embedder.embed_documents([r["text"] for r in rows[:64]])  # first-call allocations
+    if not ray.is_initialized():  # started once, before timing, as a cluster would be
+        ensure_ray(settings)
+        ray.data.range(10).map_batches(lambda batch: batch).take_all()
+
+    timings: dict[str, float] = {}
+    memory: dict[str, PeakRss] = {}
+
+    def sorted_loop() -> None:
+        timings["raw"] = embed_then_upsert(settings, embedder, rows, 256, work / "sorted")
+
+    def tutorial_loop() -> None:
+        embed_then_upsert(settings, embedder, rows, 32, work / "tutorial")
+
+    reports = []
+    variants = {"sorted": sorted_loop, "tutorial": tutorial_loop,
+                "pipeline": lambda: reports.append(run_ingest(settings))}  # fmt: skip
+    for name, fn in variants.items():
+        if name != "tutorial" or with_tutorial:
+            timings[name], memory[name] = timed(fn)
+    assert reports[0].points_written == size, reports[0]
+    timings["spilled_mb"] = spilled_bytes() / MB  # since the cluster started: all sizes so far
+    shutil.rmtree(work, ignore_errors=True)
+    return timings, memory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1000,10000,50000")
     parser.add_argument("--model", default="minilm-token")
+    parser.add_argument("--doc-maxlen", type=int, default=128, help="tokens kept per document")
+    parser.add_argument(
+        "--tutorial-sizes",
+        default="1000,10000",
+        help="sizes at which the tutorials' unsorted 32-row loop also runs (it is ~3x slower)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    import ray  # after colray, whose import sets Ray's environment defaults
+    tutorial_sizes = {int(s) for s in args.tutorial_sizes.split(",") if s}
 
+    def rate(size: int, timings: dict[str, float], name: str) -> float:
+        return size / timings[name] if name in timings else float("nan")
+
+    print(f"corpus: docstrings of installed packages, model {args.model}, doc_maxlen "
+          f"{args.doc_maxlen}, {os.cpu_count()} cores; docs/s, peak PSS MB (all / working)")  # fmt: skip
+    print(f"{'rows':>7}{'raw':>8}{'tutorial':>10}{'sorted':>8}{'pipeline':>10}{'ms/row':>8}"
+          f"{'loop PSS':>13}{'pipeline PSS':>15}{'spilled MB':>12}")  # fmt: skip
     results = []
-    for size in sizes:
-        rows = corpus_rows(size)
-        work = Path(tempfile.mkdtemp(prefix="colray-scale-"))
-        corpus = write_corpus(rows, work / "corpus", rows_per_file=5000)
-        settings = load_settings(
-            None,
-            base={
-                "source": {"path": str(corpus), "text_column": "text", "id_column": "doc_id",
-                           "payload_columns": ["title"]},
-                "embed": {"model": args.model, "rows_per_call": 256},
-                "sink": {"kind": "edge", "path": str(work / "store"),
-                         "indexing_threshold_kb": NO_HNSW_KB},
-                "run": {"dir": str(work / "runs"), "progress": False},
-            },
-        )  # fmt: skip
-        embedder = load_embedder(
-            settings.embed.model_copy(update={"threads_per_actor": os.cpu_count()})
-        )
-        texts = [r["text"] for r in rows]
-
-        def raw(embedder=embedder, texts=texts) -> None:
-            for start in range(0, len(texts), 256):
-                embedder.embed_documents(texts[start : start + 256])
-
-        if not ray.is_initialized():  # started once, before timing, as a cluster would be
-            from colray.pipeline import ensure_ray
-
-            ensure_ray(settings)
-            ray.data.range(10).map_batches(lambda batch: batch).take_all()
-        raw_s, raw_mem = timed(raw)
-        reports = []
-        pipe_s, pipe_mem = timed(
-            lambda settings=settings, reports=reports: reports.append(run_ingest(settings))
-        )
-        assert reports[0].points_written == size, reports[0]
-        results.append((size, size / raw_s, size / pipe_s, raw_mem.peak, pipe_mem.peak))
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"{'rows':>7}{'raw docs/s':>12}{'pipeline docs/s':>17}{'ratio':>7}"
-          f"{'ms/row':>8}{'raw PSS MB':>12}{'pipeline PSS MB':>17}")  # fmt: skip
-    for size, raw_rate, pipe_rate, raw_peak, pipe_peak in results:
-        print(f"{size:>7}{raw_rate:>12.1f}{pipe_rate:>17.1f}{pipe_rate / raw_rate:>7.2f}"
-              f"{1000 / pipe_rate:>8.1f}{raw_peak / 2**20:>12.0f}{pipe_peak / 2**20:>17.0f}")  # fmt: skip
-    summary = [f"pipeline/raw@{s}={p / r:.2f}" for s, r, p, *_ in results]
+    for size in sizes:  # each row as soon as it is measured: the large sizes take long
+        timings, memory = measure(size, args.model, args.doc_maxlen, size in tutorial_sizes)
+        results.append((size, timings, memory))
+        loop, pipe = memory["sorted"], memory["pipeline"]
+        print(f"{size:>7}{rate(size, timings, 'raw'):>8.1f}{rate(size, timings, 'tutorial'):>10.1f}"
+              f"{rate(size, timings, 'sorted'):>8.1f}{rate(size, timings, 'pipeline'):>10.1f}"
+              f"{1000 * timings['pipeline'] / size:>8.1f}"
+              f"{loop.peak / MB:>7.0f} /{loop.peak_working / MB:>5.0f}"
+              f"{pipe.peak / MB:>9.0f} /{pipe.peak_working / MB:>5.0f}"
+              f"{timings['spilled_mb']:>12.0f}", flush=True)  # fmt: skip
+    summary = []
+    for size, timings, _ in results:
+        pipe = rate(size, timings, "pipeline")
+        summary.append(f"pipeline/raw@{size}={pipe / rate(size, timings, 'raw'):.2f}")
+        summary.append(f"pipeline/sorted@{size}={pipe / rate(size, timings, 'sorted'):.2f}")
+        if "tutorial" in timings:
+            summary.append(f"pipeline/tutorial@{size}={pipe / rate(size, timings, 'tutorial'):.2f}")
     if len(results) > 1:
-        first, last = results[-2], results[-1]
-        summary.append(f"pss_{last[0]}/pss_{first[0]}={last[4] / first[4]:.2f}")
-        summary.append(f"ms_per_row_{last[0]}/{first[0]}={first[2] / last[2]:.2f}")
+        (small, small_t, small_m), (big, big_t, big_m) = results[-2], results[-1]
+        summary.append(
+            f"working_pss_{big}/{small}="
+            f"{big_m['pipeline'].peak_working / small_m['pipeline'].peak_working:.2f}"
+        )
+        summary.append(f"pss_{big}/{small}={big_m['pipeline'].peak / small_m['pipeline'].peak:.2f}")
+        summary.append(f"ms_per_row_{big}/{small}="
+                       f"{(big_t['pipeline'] / big) / (small_t['pipeline'] / small):.2f}")  # fmt: skip
     print(" ".join(summary))
 
 

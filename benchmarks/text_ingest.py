@@ -31,29 +31,48 @@ from colray.sources import point_id
 NO_HNSW_KB = 10**9
 
 
+def _rollup(pid: int) -> dict[str, int]:
+    """A process's memory summary in bytes, from /proc/PID/smaps_rollup (one cheap read)."""
+    totals = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            key, _, rest = line.partition(":")
+            if rest.endswith("kB\n"):
+                totals[key] = int(rest.split()[0]) * 1024
+    return totals
+
+
 class PeakRss:
     """Peak proportional set size (PSS) of this process and its descendants (Ray's workers).
 
     PSS splits shared pages (Ray's object store, shared libraries) among the processes that
-    map them, so the sum over processes does not count them twice as RSS would.
+    map them, so the sum over processes does not count them twice as RSS would. `peak` is all
+    of it; `peak_working` leaves out file-backed pages (Pss_File): the mapped files of a store
+    (Qdrant keeps its segments in mmapped files, so a written store shows up here at its size
+    on disk), of the model and of shared libraries, which the kernel can drop and re-read. It
+    is anonymous memory plus Ray's shared-memory object store: what the job itself holds.
     """
 
     def __init__(self) -> None:
         self.peak = 0
+        self.peak_working = 0
         self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (process title, CPU seconds)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, int]:
         me = psutil.Process()
-        total = 0
+        total = working = 0
         for proc in [me, *me.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):  # a worker may exit between list and read
-                total += proc.memory_full_info().pss
+            # A worker may exit between the listing and the read.
+            with contextlib.suppress(psutil.Error, OSError):
+                memory = _rollup(proc.pid)
+                total += memory.get("Pss", 0)
+                working += memory.get("Pss_Anon", 0) + memory.get("Pss_Shmem", 0)
                 times = proc.cpu_times()
                 title = "driver" if proc.pid == me.pid else " ".join(proc.cmdline()[:1])[:40]
                 self.cpu[proc.pid] = (title, times.user + times.system)
-        return total
+        return total, working
 
     def cpu_by_process(self) -> dict[str, float]:
         """CPU seconds per process title during the variant."""
@@ -66,9 +85,11 @@ class PeakRss:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            # Reading every process's smaps costs ~5 ms each: sampling faster than once a
-            # second measurably slowed the variants it was measuring.
+            total, working = self._sample()
+            self.peak = max(self.peak, total)
+            self.peak_working = max(self.peak_working, working)
+            # Sampling every process faster than once a second measurably slowed the
+            # variants it was measuring.
             time.sleep(1.0)
 
     def __enter__(self) -> PeakRss:
@@ -81,6 +102,13 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def spilled_bytes() -> int:
+    """Bytes Ray's object store has spilled to disk since the cluster started (all nodes)."""
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    return int(get_memory_info_reply(get_state_from_address()).store_stats.spilled_bytes_total)
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, PeakRss]:
