@@ -15,6 +15,8 @@ import torch
 
 from colray.embed.onnx_text import export_module_to_onnx
 
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 64}  # fmt: skip
 BERT_SPECIALS = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -64,19 +66,17 @@ def build_tiny_colbert(
     query_maxlen: int = 16,
     doc_maxlen: int = 24,
     seed: int = 0,
+    encoder: dict | None = None,
+    vocab_size: int = 400,
 ) -> TinyColbert:
+    """`encoder` overrides the BERT config (benchmarks build a ColBERT-size one this way)."""
     from transformers import BertConfig, BertModel
 
-    train_wordpiece(corpus, out_dir)
-    vocab_size = len((out_dir / "vocab.txt").read_text().splitlines())
+    train_wordpiece(corpus, out_dir, vocab_size)
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
+        vocab_size=len((out_dir / "vocab.txt").read_text().splitlines()),
+        **(encoder or TINY_BERT),
     )
     bert = BertModel(config, add_pooling_layer=False).eval()
     linear = torch.nn.Linear(config.hidden_size, dim, bias=False).eval()
