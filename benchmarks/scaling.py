@@ -122,6 +122,10 @@ def measure(
             timings[name], memory[name] = timed(fn)
     assert reports[0].points_written == size, reports[0]
     timings["spilled_mb"] = spilled_bytes() / MB  # since the cluster started: all sizes so far
+    # Share of the run the embedder actor spent inside embed calls: writes that made it wait,
+    # or anything else that starved it, show up as a lower share.
+    embed_s = reports[0].stages_s.get("embed", 0.0) / settings.embed.num_actors
+    timings["embed_busy"] = embed_s / reports[0].duration_s
     shutil.rmtree(work, ignore_errors=True)
     return timings, memory
 
@@ -157,7 +161,7 @@ def main() -> None:
               f"{1000 * timings['pipeline'] / size:>8.1f}"
               f"{loop.peak / MB:>7.0f} /{loop.peak_working / MB:>5.0f}"
               f"{pipe.peak / MB:>9.0f} /{pipe.peak_working / MB:>5.0f}"
-              f"{timings['spilled_mb']:>12.0f}", flush=True)  # fmt: skip
+              f"{timings['spilled_mb']:>12.0f}{timings['embed_busy']:>12.2f}", flush=True)  # fmt: skip
     summary = []
     for size, timings, _ in results:
         pipe = rate(size, timings, "pipeline")

@@ -174,9 +174,11 @@ class OnnxTokenEmbedder:
             feed["token_type_ids"] = np.zeros_like(input_ids)
         if self.io_device is None:
             return self.session.run(None, feed)[0].astype(np.float32, copy=False)
-        # ONNX Runtime's advice for CUDA: bind inputs and outputs to device memory explicitly,
-        # so the copies are the only transfers and the provider does no staging of its own.
-        # Exercised here on the CPU device (tests); its speed-up on a GPU is not measured yet.
+        # IO binding, as ONNX Runtime's CUDA tuning guide describes: inputs are copied to the
+        # device before the run and the output is allocated there, then copied back once. On
+        # a CPU -> GPU -> CPU path these are the copies run() makes anyway, so expect little
+        # gain; it keeps the output on the device should post-processing move there. Its
+        # speed on a GPU is not measured yet; tests run this path on the CPU device.
         import onnxruntime as ort
 
         binding = self.session.io_binding()
