@@ -17,13 +17,13 @@ import os
 import shutil
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from text_ingest import (  # benchmarks/ is on sys.path when run as a script
     NO_HNSW_KB,
     PeakRss,
+    embed_then_upsert,
     spilled_bytes,
     timed,
 )
@@ -31,9 +31,7 @@ from text_ingest import (  # benchmarks/ is on sys.path when run as a script
 from colray.config import load_settings
 from colray.demo import python_docstrings, write_corpus
 from colray.embed import load_embedder
-from colray.pipeline import ensure_ray, layout_for, run_ingest
-from colray.sink import Point, open_sink
-from colray.sources import point_id
+from colray.pipeline import ensure_ray, run_ingest
 
 MB = 2**20
 CACHE = Path.home() / ".cache" / "colray" / "bench"
@@ -52,28 +50,6 @@ def corpus_rows(size: int) -> list[dict[str, str]]:
         raise SystemExit(f"only {len(rows)} docstrings under {root}")
     write_corpus(rows, CACHE / f"docstrings-{size}.parquet")
     return rows
-
-
-def embed_then_upsert(settings, embedder, rows, group: int, store: Path) -> float:
-    """The Qdrant tutorials' loop: embed a group, upsert it, repeat; then re-enable indexing.
-
-    Returns the seconds spent inside the embedder, so the loop with colray's 256-row groups
-    also gives the raw embedder's time on exactly the same calls.
-    """
-    sink = open_sink(settings.sink.model_copy(update={"path": str(store)}),
-                     layout_for(settings.embed, embedder))  # fmt: skip
-    sink.prepare()
-    embedding = 0.0
-    for start in range(0, len(rows), group):
-        batch = rows[start : start + group]
-        began = time.perf_counter()
-        vectors = embedder.embed_documents([r["text"] for r in batch])
-        embedding += time.perf_counter() - began
-        sink.write([Point(point_id("bench", r["doc_id"]), {"text": v}, {"title": r["title"]})
-                    for r, v in zip(batch, vectors, strict=True)])  # fmt: skip
-    sink.finalize()
-    sink.close()
-    return embedding
 
 
 def measure(
