@@ -7,7 +7,6 @@ Hierarchical clustering of a document's token vectors (Ward on cosine distance, 
 from __future__ import annotations
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
 
 PROTECTED_TOKENS = 1  # the first vector ([CLS] / the document marker) is never merged
 
@@ -16,6 +15,10 @@ def pool_tokens(vectors: np.ndarray, pool_factor: int) -> np.ndarray:
     """About len(vectors) / pool_factor vectors: the means of clusters of similar tokens."""
     if pool_factor <= 1 or len(vectors) <= PROTECTED_TOKENS + 1:
         return vectors
+    # Imported here: scipy.cluster takes ~0.7 s to import, paid by every embedder actor's
+    # start-up even when pooling is off (most runs).
+    from scipy.cluster.hierarchy import fcluster, linkage
+
     kept, rest = vectors[:PROTECTED_TOKENS], vectors[PROTECTED_TOKENS:]
     clusters = max(1, len(rest) // pool_factor)
     if clusters >= len(rest):
