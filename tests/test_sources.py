@@ -154,3 +154,16 @@ def test_dictionary_encoded_text_is_read_as_text(tmp_path) -> None:
     source = resolve_source(SourceConfig(path=str(tmp_path), text_column="text"))
     rows = [r for piece in source.pieces for t in read_piece(source, piece) for r in t.to_pylist()]
     assert [r["text"] for r in rows] == [r["text"] for r in ROWS[:5]]
+
+
+def test_docstring_corpus_keeps_tests_and_private_modules_apart(tmp_path) -> None:
+    from colray.demo import python_docstrings
+
+    doc = '"""{} explains what this module is for, at enough length to count."""\n'
+    for relative in ["pkg/api.py", "pkg/tools.py", "pkg/_internal.py", "tests/test_pkg.py"]:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(doc.format(relative))
+    library = [row["doc_id"] for row in python_docstrings(tmp_path)]
+    aside = [row["doc_id"] for row in python_docstrings(tmp_path, set_aside=True)]
+    assert library == ["pkg.api", "pkg.tools"]
+    assert aside == ["pkg._internal", "tests.test_pkg"]
