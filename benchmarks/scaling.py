@@ -62,7 +62,7 @@ def corpus_rows(size: int) -> list[dict[str, str]]:
 
 
 def measure(
-    size: int, model: str, doc_maxlen: int, loops: set[str]
+    size: int, model: str, doc_maxlen: int, loops: set[str], threads: int
 ) -> tuple[dict[str, float], dict[str, PeakRss]]:
     """Seconds and peak memory of the pipeline and of the `loops` ("sorted", "tutorial") on
     the first `size` rows of the corpus."""
@@ -76,16 +76,14 @@ def measure(
         base={
             "source": {"path": str(corpus), "text_column": "text", "id_column": "doc_id",
                        "payload_columns": ["title"]},
-            "embed": {"model": model, "rows_per_call": 256, "doc_maxlen": doc_maxlen},
+            "embed": {"model": model, "rows_per_call": 256, "doc_maxlen": doc_maxlen,
+                      "threads_per_actor": threads},
             "sink": {"kind": "edge", "path": str(work / "store"),
                      "indexing_threshold_kb": NO_HNSW_KB},
             "run": {"dir": str(work / "runs"), "progress": False},
         },
     )  # fmt: skip
-    # The loops get every core, whatever the pipeline's actors are set to.
-    embedder = load_embedder(
-        settings.embed.model_copy(update={"threads_per_actor": os.cpu_count()})
-    )
+    embedder = load_embedder(settings.embed)  # the loops' embedder: as many threads as the actor
     embedder.embed_documents([r["text"] for r in rows[:64]])  # first-call allocations
     if not ray.is_initialized():  # started once, before timing, as a cluster would be
         ensure_ray(settings)
@@ -122,6 +120,13 @@ def main() -> None:
     parser.add_argument("--model", default="minilm-token")
     parser.add_argument("--doc-maxlen", type=int, default=128, help="tokens kept per document")
     parser.add_argument(
+        "--embed-threads",
+        type=int,
+        default=os.cpu_count(),
+        help="inference threads, in the loops and in the pipeline's actor (default: every "
+        "core). Fewer leaves the writer a core of its own, as a GPU embedder would",
+    )
+    parser.add_argument(
         "--tutorial-sizes",
         default="1000,10000",
         help="sizes at which the tutorials' unsorted 32-row loop also runs (it is ~3x slower)",
@@ -148,12 +153,15 @@ def main() -> None:
         return f"{rate(size, timings, name):>{width}.1f}" if name in timings else f"{'-':>{width}}"
 
     print(f"corpus: docstrings of installed packages, model {args.model}, doc_maxlen "
-          f"{args.doc_maxlen}, {os.cpu_count()} cores; docs/s, peak PSS MB (all / working)")  # fmt: skip
+          f"{args.doc_maxlen}, {args.embed_threads} embed threads on {os.cpu_count()} cores; "
+          "docs/s, peak PSS MB (all / working)")  # fmt: skip
     print(f"{'rows':>7}{'raw':>8}{'tutorial':>10}{'sorted':>8}{'pipeline':>10}{'ms/row':>8}"
           f"{'loop PSS':>13}{'pipeline PSS':>15}{'spilled MB':>12}{'embed busy':>12}")  # fmt: skip
     results = []
     for size in sizes:  # each row as soon as it is measured: the large sizes take long
-        timings, memory = measure(size, args.model, args.doc_maxlen, loops(size))
+        timings, memory = measure(
+            size, args.model, args.doc_maxlen, loops(size), args.embed_threads
+        )
         results.append((size, timings, memory))
         pipe = memory["pipeline"]
         loop = memory.get("sorted")
