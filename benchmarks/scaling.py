@@ -2,10 +2,10 @@
 
 The corpus is real text: docstrings of the installed packages' sources (parsed, not
 imported; ~83k here, then ~38k more from their tests and private modules), cached as Parquet
-on first use. At each size, in this process on the same rows: the
-embed-then-upsert loop of the Qdrant tutorials (unsorted groups of 32), the same loop with
-colray's length-sorted 256-row groups (whose embedder calls alone are the raw embedder's
-time), and the pipeline. Peak PSS covers the driver and every Ray worker.
+on first use. At each size, in this process on the same rows: the embed-then-upsert loop of
+the Qdrant tutorials (unsorted groups of 32), the same loop with colray's length-sorted
+256-row groups (whose embedder calls alone are the raw embedder's time), and the pipeline.
+Peak PSS covers the driver and every Ray worker.
 
     uv run python benchmarks/scaling.py [--sizes 1000,10000,50000] [--model minilm-token]
     uv run python benchmarks/scaling.py --sizes 10000,100000 --loop-sizes 10000  # ~50 min
@@ -147,7 +147,7 @@ def main() -> None:
         return {name for name, wanted in chosen.items() if wanted}
 
     def rate(size: int, timings: dict[str, float], name: str) -> float:
-        return size / timings[name] if name in timings else float("nan")
+        return size / timings[name]
 
     def cell(size: int, timings: dict[str, float], name: str, width: int) -> str:
         return f"{rate(size, timings, name):>{width}.1f}" if name in timings else f"{'-':>{width}}"
