@@ -140,7 +140,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     tutorial_sizes = {int(s) for s in args.tutorial_sizes.split(",") if s}
-    loop_sizes = {int(s) for s in (args.loop_sizes or args.sizes).split(",") if s}
+    chosen_loop_sizes = args.sizes if args.loop_sizes is None else args.loop_sizes
+    loop_sizes = {int(s) for s in chosen_loop_sizes.split(",") if s}
 
     def loops(size: int) -> set[str]:
         chosen = {"sorted": size in loop_sizes, "tutorial": size in tutorial_sizes}
