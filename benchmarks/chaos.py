@@ -26,15 +26,14 @@ JOB = """
 import os, sys
 import ray
 from qdrant_client import QdrantClient
-from colray.config import load_settings
-from colray.pipeline import run_ingest
+import colray
 from faults import FlakyClient
 
 config, out, store = sys.argv[1:4]
 ray.init(include_dashboard=False)
 # A local-mode store is written by the driver, which holds its directory's lock.
 client = FlakyClient(QdrantClient(path=store), rate=float(os.environ["COLRAY_TEST_FAULT_RATE"]))
-open(out, "w").write(run_ingest(load_settings(config), client=client).to_json())
+open(out, "w").write(colray.ingest(config, client=client).to_json())
 """
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+import colray
 from colray.config import load_settings
 from colray.embed.colpali import ColPaliFamilyEmbedder, describe_image_model
-from colray.pipeline import ensure_ray, run_ingest
+from colray.pipeline import ensure_ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from tiny_vision_models import build_tiny_colqwen2
@@ -99,7 +100,7 @@ def main() -> None:
 
     ray.data.range(10).map_batches(lambda batch: batch).take_all()
     start = time.perf_counter()
-    report = run_ingest(settings)
+    report = colray.ingest(settings)
     pipeline_s = time.perf_counter() - start
     assert report.points_written == args.pages, report
 

@@ -30,10 +30,11 @@ from text_ingest import (  # benchmarks/ is on sys.path when run as a script
     timed,
 )
 
+import colray
 from colray.config import load_settings
 from colray.demo import python_docstrings, write_corpus
 from colray.embed import load_embedder
-from colray.pipeline import ensure_ray, run_ingest
+from colray.pipeline import ensure_ray
 
 MB = 2**20
 CACHE = Path.home() / ".cache" / "colray" / "bench"
@@ -100,7 +101,7 @@ def measure(
 
     reports = []
     variants = {"sorted": sorted_loop, "tutorial": tutorial_loop,
-                "pipeline": lambda: reports.append(run_ingest(settings))}  # fmt: skip
+                "pipeline": lambda: reports.append(colray.ingest(settings))}  # fmt: skip
     for name, fn in variants.items():
         if name == "pipeline" or name in loops:
             timings[name], memory[name] = timed(fn)

@@ -25,10 +25,11 @@ import qdrant_edge as qe
 from qdrant_client import QdrantClient, models
 
 from colray.config import SinkConfig
+from colray.layout import VectorSpec
 from colray.pipeline import BLOCK_BYTES
-from colray.sink import VectorSpec, open_sink
-from colray.sources import ERROR, HASH, ID, KEY, LOCATION, point_id
-from colray.writer import BlockWriter, count_column, vectors_column
+from colray.points import BlockWriter
+from colray.rows import ERROR, HASH, ID, KEY, LOCATION, count_column, point_id, vectors_column
+from colray.sink import open_sink
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import psutil
 
+import colray
 from colray.config import load_settings
 from colray.demo import stdlib_docstrings, write_corpus
 from colray.embed import load_embedder
-from colray.pipeline import ensure_ray, layout_for, run_ingest
+from colray.layout import text_layout
+from colray.pipeline import ensure_ray
+from colray.rows import point_id
 from colray.sink import Point, open_sink
-from colray.sources import point_id
 
 # Every variant stays below the indexing threshold: this measures ingest, not HNSW builds.
 NO_HNSW_KB = 10**9
@@ -126,7 +128,7 @@ def embed_then_upsert(settings, embedder, rows, group: int, store: Path) -> floa
     also gives the raw embedder's time on exactly the same calls.
     """
     sink = open_sink(settings.sink.model_copy(update={"path": str(store)}),
-                     layout_for(settings.embed, embedder))  # fmt: skip
+                     text_layout(settings.embed, embedder.dim))  # fmt: skip
     sink.prepare()
     embedding = 0.0
     for start in range(0, len(rows), group):
@@ -211,7 +213,7 @@ def main() -> None:
     report_holder: dict = {}
 
     def pipeline() -> None:
-        report_holder["report"] = run_ingest(settings)
+        report_holder["report"] = colray.ingest(settings)
 
     results = {}
     variants = {

@@ -1,6 +1,6 @@
 """Server faults for tests: the real QdrantClient, failing like a server under stress would.
 
-A job's driver writes local-mode stores, so tests hand it a FlakyClient (`run_ingest(client=)`).
+A job's driver writes local-mode stores, so tests hand it a FlakyClient (`colray.ingest(..., client=)`).
 """
 
 from __future__ import annotations

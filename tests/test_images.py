@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import colray
 from colray.config import ConfigError, ImageConfig, load_settings
 from colray.decode import ImageRejected, decode_image
 from colray.embed.colpali import (
@@ -21,7 +22,7 @@ from colray.embed.colpali import (
     describe_image_model,
     pool_by_rows_and_columns,
 )
-from colray.pipeline import prepare_run, run_ingest
+from colray.job import prepare_job
 from colray.sink import open_sink
 
 
@@ -218,7 +219,7 @@ def test_tiled_families_cannot_use_the_pooled_layout(tmp_path, page_corpus):
         tmp_path, page_corpus, model, {"kind": "edge", "path": str(tmp_path / "s")}
     )
     with pytest.raises(ConfigError, match=r"image\.pooled"):
-        prepare_run(settings)
+        prepare_job(settings)
 
 
 # --- end to end ---------------------------------------------------------------------------
@@ -317,13 +318,11 @@ def maxsim(query: np.ndarray, doc: np.ndarray) -> float:
 def test_page_ingest_stores_pooled_layout_and_reranks_exactly(
     ray_session, tmp_path, page_corpus, vision_models, family, sink_kind, image_options
 ):
-    from colray.cli import search
-
     sink = {"kind": sink_kind, "path": str(tmp_path / "store")}
     settings = image_settings(
         tmp_path, page_corpus, vision_models[family], sink, image=image_options
     )
-    report = run_ingest(settings)
+    report = colray.ingest(settings)
     assert report.rows_read == GOOD_PAGES + len(BAD_PAGES)
     assert report.points_written == GOOD_PAGES and report.dead_lettered == len(BAD_PAGES)
     dead = {d["row_key"]: d for d in pq.read_table(report.dead_letter_path).to_pylist()}
@@ -331,8 +330,8 @@ def test_page_ingest_stores_pooled_layout_and_reranks_exactly(
     for key, why in BAD_PAGES.items():
         assert dead[key]["stage"] == "decode" and why in dead[key]["error"], dead[key]
 
-    prepared = prepare_run(settings)
-    store = open_sink(settings.sink, prepared.layout(settings))
+    prepared = prepare_job(settings)
+    store = open_sink(settings.sink, prepared.layout)
     store.open_for_reading()
     points = {h.payload["caption"]: h for h in store.retrieve_all(with_vectors=True)}
     store.close()
@@ -345,14 +344,14 @@ def test_page_ingest_stores_pooled_layout_and_reranks_exactly(
     # the order and scores equal brute-force MaxSim over every stored original.
     embedder = ColPaliFamilyEmbedder(prepared.image_model, settings.image)
     query = embedder.embed_query("quarterly revenue table")
-    hits = search(settings, "quarterly revenue table", limit=5)
+    hits = colray.search(settings, "quarterly revenue table", limit=5)
     expected = sorted(
         ((maxsim(query, h.vectors["page"]), c) for c, h in points.items()), reverse=True
     )[:5]
-    assert [h["payload"]["caption"] for h in hits] == [c for _, c in expected]
-    np.testing.assert_allclose([h["score"] for h in hits], [s for s, _ in expected], rtol=1e-3)
+    assert [h.payload["caption"] for h in hits] == [c for _, c in expected]
+    np.testing.assert_allclose([h.score for h in hits], [s for s, _ in expected], rtol=1e-3)
 
-    again = run_ingest(settings)  # re-run: same ids, nothing duplicated
+    again = colray.ingest(settings)  # re-run: same ids, nothing duplicated
     assert again.points_in_store == GOOD_PAGES
 
 
@@ -374,11 +373,11 @@ def test_text_and_page_vectors_in_one_point(
             "rows_per_call": 8,
         },
     )
-    report = run_ingest(settings)
+    report = colray.ingest(settings)
     assert report.points_written == GOOD_PAGES and report.dead_lettered == len(BAD_PAGES)
-    prepared = prepare_run(settings)
-    assert [s.name for s in prepared.layout(settings)] == ["text", "page"]
-    store = open_sink(settings.sink, prepared.layout(settings))
+    prepared = prepare_job(settings)
+    assert [s.name for s in prepared.layout] == ["text", "page"]
+    store = open_sink(settings.sink, prepared.layout)
     store.open_for_reading()
     hits = store.retrieve_all(with_vectors=True)
     store.close()

@@ -10,11 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import colray
 from colray.config import Settings, load_settings
 from colray.embed import load_embedder
 from colray.embed.pooling import pool_tokens
-from colray.pipeline import _describe_sink, layout_for, run_ingest
-from colray.sink import QueryPlan, open_sink
+from colray.layout import QueryPlan, text_layout
+from colray.sink import open_sink
 
 BAD_ROWS = [
     {"doc_id": "bad-null", "title": "null text", "text": None},
@@ -78,7 +79,7 @@ def test_ingest_query_and_rerun(
     engine, ray_session, corpus, module_docs, tmp_path, onnx_cache
 ) -> None:
     settings = make_settings(tmp_path, corpus, SINKS[engine](tmp_path), onnx_cache)
-    report = run_ingest(settings, tmp_path / "report.json")
+    report = colray.ingest(settings, report_path=tmp_path / "report.json")
 
     assert report.rows_in_source == report.rows_read == 63
     assert report.points_written == 60 and report.points_in_store == 60
@@ -97,7 +98,7 @@ def test_ingest_query_and_rerun(
     assert all(d["source_location"].startswith("part-bad.parquet#") for d in dead)
 
     embedder = load_embedder(settings.embed)
-    sink = open_sink(settings.sink, layout_for(settings.embed, embedder))
+    sink = open_sink(settings.sink, text_layout(settings.embed, embedder.dim))
     sink.open_for_reading()
     try:
         stored = sink.retrieve_all(with_vectors=True)
@@ -115,7 +116,7 @@ def test_ingest_query_and_rerun(
     finally:
         sink.close()
 
-    again = run_ingest(settings)
+    again = colray.ingest(settings)
     assert again.points_in_store == 60  # the same ids were overwritten, nothing added
     assert again.points_written == 60 and again.dead_lettered == 3
 
@@ -126,11 +127,11 @@ def test_pool_factor_stores_the_pooled_vectors(
 ) -> None:
     settings = make_settings(tmp_path, corpus, SINKS["edge"](tmp_path), onnx_cache)
     settings.embed.pool_factor = 3
-    report = run_ingest(settings)
+    report = colray.ingest(settings)
     assert report.points_written == 60 and report.dead_lettered == 3
 
     embedder = load_embedder(settings.embed)
-    sink = open_sink(settings.sink, layout_for(settings.embed, embedder))
+    sink = open_sink(settings.sink, text_layout(settings.embed, embedder.dim))
     sink.open_for_reading()
     try:
         stored = {
@@ -155,6 +156,6 @@ def test_report_describes_the_sink_without_credentials() -> None:
     from colray.config import SinkConfig
 
     cfg = SinkConfig(kind="qdrant", url="https://user:s3cret@q.example.com:6333/?api-key=s3cret")
-    described = _describe_sink(cfg)
+    described = cfg.describe()
     assert described["where"] == "https://q.example.com:6333/"
     assert "s3cret" not in str(described)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
+import colray
 from colray.config import Settings, load_settings
 from colray.demo import write_corpus
 from colray.embed import load_embedder
-from colray.pipeline import layout_for
-from colray.reindex import reindex
-from colray.sink import QueryPlan, open_sink, open_versions
+from colray.layout import QueryPlan, text_layout
+from colray.sink import open_sink, open_versions
 
 ROWS = 30
 
@@ -74,7 +74,7 @@ def rebuild_while_reading(
 ) -> tuple[Reader, list[Any], Settings]:
     rows = module_docs[:ROWS]
     first = make_settings(tmp_path, edition(tagged(rows, "e0"), tmp_path, "e0"), sink, onnx_cache)
-    reports = [reindex(first, client=client)]
+    reports = [colray.reindex(first, client=client)]
     reader = Reader(lambda: query_fn(first))
     reader.start()
     try:
@@ -83,7 +83,7 @@ def rebuild_while_reading(
             settings = first.model_copy(
                 update={"source": first.source.model_copy(update={"path": str(corpus)})}
             )
-            reports.append(reindex(settings, client=client))
+            reports.append(colray.reindex(settings, client=client))
             time.sleep(0.2)  # queries on this edition before the next rebuild
     finally:
         reader.stop.set()
@@ -150,7 +150,7 @@ def test_edge_rebuilds_switch_an_atomic_pointer(ray_session, tmp_path, module_do
         if not model:
             embedder = load_embedder(settings.embed)
             model.update(vector=embedder.embed_query("compress files"),
-                         layout=layout_for(settings.embed, embedder))  # fmt: skip
+                         layout=text_layout(settings.embed, embedder.dim))  # fmt: skip
         store = open_sink(settings.sink, model["layout"])
         try:  # each query opens the store anew, resolving the pointer as a new reader would
             store.open_for_reading()
@@ -173,7 +173,7 @@ def test_edge_rebuilds_switch_an_atomic_pointer(ray_session, tmp_path, module_do
 def snapshot(settings: Settings, client: Any = None) -> dict[str, tuple[str, str, np.ndarray]]:
     """Every point: its title, stored content hash and vectors."""
     embedder = load_embedder(settings.embed)
-    store = open_sink(settings.sink, layout_for(settings.embed, embedder), client)
+    store = open_sink(settings.sink, text_layout(settings.embed, embedder.dim), client)
     try:
         store.open_for_reading()
         return {
@@ -201,7 +201,7 @@ def test_incremental_reindex_changes_exactly_the_edited_added_and_deleted_rows(
     )
     rows = module_docs[:ROWS]
     before_settings = make_settings(tmp_path, edition(rows, tmp_path, "before"), sink, onnx_cache)
-    first = reindex(before_settings, client=client)
+    first = colray.reindex(before_settings, client=client)
     assert first.reindex["mode"] == "rebuild"
     before = snapshot(before_settings, client)
 
@@ -216,7 +216,7 @@ def test_incremental_reindex_changes_exactly_the_edited_added_and_deleted_rows(
     after_settings = make_settings(
         tmp_path, edition(after_rows, tmp_path, "after"), sink, onnx_cache
     )
-    report = reindex(after_settings, incremental=True, client=client)
+    report = colray.reindex(after_settings, incremental=True, client=client)
 
     assert report.incremental == {"unchanged": ROWS - 4, "updated": 2, "added": 3, "deleted": 2}
     assert report.reindex["mode"] == "incremental"
@@ -236,7 +236,7 @@ def test_incremental_reindex_changes_exactly_the_edited_added_and_deleted_rows(
     assert versions.all() == [first.reindex["version"]]
 
     # Nothing changed since: a second incremental run writes and deletes nothing.
-    again = reindex(after_settings, incremental=True, client=client)
+    again = colray.reindex(after_settings, incremental=True, client=client)
     assert again.incremental == {"unchanged": ROWS + 1, "updated": 0, "added": 0, "deleted": 0}
     if client is not None:
         client.close()

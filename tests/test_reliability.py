@@ -23,12 +23,12 @@ from qdrant_client import QdrantClient
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+import colray
 from colray.config import SinkConfig, load_settings
-from colray.pipeline import run_ingest
-from colray.sink import VectorSpec
+from colray.layout import VectorSpec
+from colray.points import MAX_FLOATS_PER_MULTIVECTOR, BlockWriter
+from colray.rows import ERROR, HASH, ID, KEY, LOCATION, count_column, point_id, vectors_column
 from colray.sink.qdrant import QdrantSink, is_transient, retry_after
-from colray.sources import ERROR, HASH, ID, KEY, LOCATION, point_id
-from colray.writer import MAX_FLOATS_PER_MULTIVECTOR, BlockWriter, count_column, vectors_column
 from faults import FlakyClient
 
 DIM = 24
@@ -114,8 +114,7 @@ def test_thirty_percent_failing_calls_still_write_every_row_exactly_once():
 JOB_WITH_FAULTS = """
 import json, sys
 import ray
-from colray.config import load_settings
-from colray.pipeline import run_ingest
+import colray
 
 from qdrant_client import QdrantClient
 from faults import FlakyClient
@@ -124,7 +123,7 @@ address, config, out, store = sys.argv[1:5]
 ray.init(address=address)
 # A local-mode store is written by the driver, which holds its directory lock.
 client = FlakyClient(QdrantClient(path=store), rate=float(__import__("os").environ["COLRAY_TEST_FAULT_RATE"]))
-report = run_ingest(load_settings(config), client=client)
+report = colray.ingest(config, client=client)
 open(out, "w").write(report.to_json())
 """
 
@@ -263,7 +262,7 @@ def test_a_killed_embedder_actor_is_replaced_and_no_row_is_lost(
 ):
     settings = text_settings(tmp_path, small_corpus, onnx_cache)
     result: dict = {}
-    job = threading.Thread(target=lambda: result.update(report=run_ingest(settings)))
+    job = threading.Thread(target=lambda: result.update(report=colray.ingest(settings)))
     job.start()
     killed = None
     deadline = time.monotonic() + 120
@@ -355,7 +354,7 @@ def test_a_generated_hostile_dataset(ray_session, tmp_path, module_docs, onnx_ca
     pq.write_table(pa.table(numbers), root / "part-1.parquet")  # non-string text values
     (root / "part-2.parquet").write_bytes(b"PAR1 garbage that is not parquet at all")
     settings = text_settings(tmp_path, root, onnx_cache, max_failed_fraction=0.5)
-    report = run_ingest(settings)
+    report = colray.ingest(settings)
 
     assert report.rows_read == 28 and report.unreadable_files == 1
     assert report.points_written == 22 and report.dead_lettered == 6
@@ -388,14 +387,14 @@ def test_a_generated_hostile_dataset(ray_session, tmp_path, module_docs, onnx_ca
 
 def test_missing_or_renamed_columns_fail_before_any_work(tmp_path, small_corpus, onnx_cache):
     from colray.config import ConfigError
-    from colray.pipeline import prepare_run
+    from colray.job import prepare_job
 
     settings = text_settings(tmp_path, small_corpus, onnx_cache)
     renamed = settings.model_copy(
         update={"source": settings.source.model_copy(update={"text_column": "body"})}
     )
     with pytest.raises(ConfigError, match="'body'"):
-        prepare_run(renamed)
+        prepare_job(renamed)
 
 
 def test_an_empty_dataset_is_a_clean_run_of_zero(ray_session, tmp_path, onnx_cache):
@@ -403,7 +402,7 @@ def test_an_empty_dataset_is_a_clean_run_of_zero(ray_session, tmp_path, onnx_cac
     root.mkdir()
     schema = pa.schema([("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
     pq.write_table(schema.empty_table(), root / "part-0.parquet")
-    report = run_ingest(text_settings(tmp_path, root, onnx_cache))
+    report = colray.ingest(text_settings(tmp_path, root, onnx_cache))
     assert (report.rows_read, report.points_written, report.dead_lettered) == (0, 0, 0)
 
 
@@ -462,7 +461,7 @@ def test_api_key_never_shows_and_plain_http_warns(
 
 
 def test_resume_identity_ignores_compute_settings(tmp_path, small_corpus, onnx_cache):
-    from colray.resume import job_fingerprint
+    from colray.job import job_fingerprint
 
     settings = text_settings(tmp_path, small_corpus, onnx_cache)
     more_actors = settings.model_copy(

@@ -11,9 +11,10 @@ import pytest
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from colray.config import SinkConfig
-from colray.sink import Point, QueryPlan, SinkError, VectorSpec, json_safe, open_sink
+from colray.layout import QueryPlan, VectorSpec
+from colray.rows import point_id
+from colray.sink import Point, SinkError, json_safe, open_sink
 from colray.sink.qdrant import is_transient
-from colray.sources import point_id
 
 LAYOUT = [VectorSpec("text", 8)]
 

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from colray.config import ConfigError, SourceConfig
-from colray.sources import ID, KEY, LOCATION, point_id, read_dataset, read_piece, resolve_source
+from colray.rows import ID, KEY, LOCATION, point_id
+from colray.sources import read_dataset, read_piece, resolve_source
 
 ROWS = [
     {"doc_id": f"d{i}", "text": f"document number {i}", "title": f"T{i}", "n": i} for i in range(30)

@@ -1,9 +1,14 @@
 """colray: datasets into late-interaction (multivector) search indexes in Qdrant, on Ray.
 
-The package root only sets process-wide defaults that must precede importing Ray.
+The public API, imported lazily so that `import colray` loads neither Ray nor torch. (No
+submodule is named like a public function: importing it would shadow the function here.)
 """
 
+from __future__ import annotations
+
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
 # Under `uv run`, Ray would otherwise repackage the working directory and rebuild the
 # environment for every worker, and workers would run in that copy: relative store paths
@@ -11,3 +16,58 @@ import os
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 __version__ = "0.1.0"
+
+_HOMES = {
+    "ingest": "colray.api",
+    "reindex": "colray.api",
+    "search": "colray.api",
+    "load_settings": "colray.config",
+    "Settings": "colray.config",
+    "ConfigError": "colray.config",
+    "RunReport": "colray.report",
+    "LostRowsError": "colray.report",
+    "TooManyFailuresError": "colray.report",
+    "Hit": "colray.sink",
+    "SinkError": "colray.sink",
+    "RetriesExhausted": "colray.sink",
+    "MultivectorDatasink": "colray.datasink",
+    "WriteOutcome": "colray.points",
+}
+__all__ = [
+    "ConfigError",
+    "Hit",
+    "LostRowsError",
+    "MultivectorDatasink",
+    "RetriesExhausted",
+    "RunReport",
+    "Settings",
+    "SinkError",
+    "TooManyFailuresError",
+    "WriteOutcome",
+    "ingest",
+    "load_settings",
+    "reindex",
+    "search",
+]
+assert sorted(__all__) == sorted(_HOMES)
+
+if TYPE_CHECKING:
+    from colray.api import ingest, reindex, search
+    from colray.config import ConfigError, Settings, load_settings
+    from colray.datasink import MultivectorDatasink
+    from colray.points import WriteOutcome
+    from colray.report import LostRowsError, RunReport, TooManyFailuresError
+    from colray.sink import Hit, RetriesExhausted, SinkError
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'colray' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -15,9 +15,12 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from colray.config import API_KEY_ENV, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from colray.report import RunReport
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -73,10 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="colray",
-        formatter_class=formatter,
+        formatter_class=FORMATTER,
         description=textwrap.dedent(
             """\
             Turn Parquet files and Hugging Face datasets into late-interaction search
@@ -89,11 +91,21 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=CONFIG_HELP,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_ingest, _add_reindex, _add_submit, _add_status, _add_logs, _add_query,
+                _add_demo, _add_models):  # fmt: skip
+        add(sub)
+    return parser
 
+
+FORMATTER = argparse.RawDescriptionHelpFormatter
+Subparsers = Any  # argparse's _SubParsersAction, private in typeshed
+
+
+def _add_ingest(sub: Subparsers) -> None:
     ingest = sub.add_parser(
         "ingest",
         help="embed a dataset and load it into Qdrant",
-        formatter_class=formatter,
+        formatter_class=FORMATTER,
         description=_wrap(
             "Read the source in shards, embed every row on Ray actors, upsert the "
             "multivectors with indexing off, then switch indexing on and wait until the "
@@ -105,10 +117,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_run_args(ingest)
     ingest.set_defaults(handler=_cmd_ingest)
 
+
+def _add_reindex(sub: Subparsers) -> None:
     reindex = sub.add_parser(
         "reindex",
         help="rebuild a collection with zero downtime (alias / pointer switch)",
-        formatter_class=formatter,
+        formatter_class=FORMATTER,
         description=_wrap(
             "Load the job into a new version of the store (collection "
             "<sink.collection>__v<time>, or Edge directory <sink.path>.versions/v<time>), wait "
@@ -127,10 +141,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_run_args(reindex)
     reindex.set_defaults(handler=_cmd_reindex)
 
+
+def _add_submit(sub: Subparsers) -> None:
     submit = sub.add_parser(
         "submit",
         help="run ingest or reindex as a Ray job on a cluster",
-        formatter_class=formatter,
+        formatter_class=FORMATTER,
         description=_wrap(
             "Validate the config here, then submit jobs/ingest.py (or jobs/reindex.py) "
             "as a Ray job: the project directory becomes the job's working_dir and this colray "
@@ -180,6 +196,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     submit.set_defaults(handler=_cmd_submit)
 
+
+def _add_status(sub: Subparsers) -> None:
     status = sub.add_parser(
         "status",
         help="a Ray job's status and, once it ended, its run report",
@@ -191,16 +209,20 @@ def _build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=_cmd_status)
 
+
+def _add_logs(sub: Subparsers) -> None:
     logs = sub.add_parser("logs", help="a Ray job's logs", description="Print a job's logs.")
     _add_address_arg(logs)
     logs.add_argument("submission_id", metavar="ID")
     logs.add_argument("--follow", action="store_true", help="stream until the job ends")
     logs.set_defaults(handler=_cmd_logs)
 
+
+def _add_query(sub: Subparsers) -> None:
     query = sub.add_parser(
         "query",
         help="search a collection with a text query",
-        formatter_class=formatter,
+        formatter_class=FORMATTER,
         description="Embed TEXT with the job's model and return the best matches by MaxSim.\n"
         "Page vectors are searched with the image model's query processor; with the\n"
         "scale-ready layout (image.pooled) candidates come from the row/column-pooled\n"
@@ -223,10 +245,12 @@ def _build_parser() -> argparse.ArgumentParser:
     query.add_argument("text", metavar="TEXT", help="the query")
     query.set_defaults(handler=_cmd_query)
 
+
+def _add_demo(sub: Subparsers) -> None:
     demo = sub.add_parser(
         "demo",
         help="ingest the shipped demo corpus and run example searches",
-        formatter_class=formatter,
+        formatter_class=FORMATTER,
         description="Embeds the module docstrings of Python's standard library (shipped with "
         "colray) into an embedded Qdrant Edge store and prints the top hits for a few "
         "queries. Needs no network, server or GPU.",
@@ -238,15 +262,18 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("queries", nargs="*", metavar="QUERY", help="your own queries")
     demo.set_defaults(handler=_cmd_demo)
 
+
+def _add_models(sub: Subparsers) -> None:
     models = sub.add_parser(
         "models",
-        help="list the models colray knows by name",
-        description="Registered models with kind, vector size and where the weights come "
-        "from. embed.model also accepts a local model directory or a Hub id.",
+        help="list the models and page-model families colray knows",
+        description="Text models registered by name (kind, vector size, where the weights "
+        "come from), and the ColPali-family page models colray loads through colpali-engine "
+        "(what image.model must point at). embed.model also accepts a local model directory "
+        "or a Hub id.",
     )
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(handler=_cmd_models)
-    return parser
 
 
 def _wrap(text: str) -> str:
@@ -310,30 +337,35 @@ def _ingest(
     rebuild: bool = False,
     emit: bool = False,
 ) -> int:
-    from colray.pipeline import LostRowsError, RunReport, TooManyFailuresError, run_ingest
-    from colray.reindex import reindex
-    from colray.sink import SinkError
+    import colray
 
-    def emit_report(report: RunReport) -> None:
-        if emit:
-            from colray.cluster import REPORT_MARKER
-
-            print(REPORT_MARKER + json.dumps(asdict(report)), flush=True)
-
-    run = reindex if rebuild else run_ingest
+    run = colray.reindex if rebuild else colray.ingest
     try:
-        report = run(settings, report_path, incremental=incremental)
-    except SinkError as exc:
+        report = run(settings, report_path=report_path, incremental=incremental)
+    except colray.SinkError as exc:
         print(f"colray: sink: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except LostRowsError as exc:
+    except colray.LostRowsError as exc:
         print(f"colray: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except TooManyFailuresError as exc:
-        emit_report(exc.report)
+    except colray.TooManyFailuresError as exc:
+        _emit_report(exc.report, emit)
         print(f"colray: {exc}\nreport: {exc.report.report_path}", file=sys.stderr)
         return EXIT_TOO_MANY_FAILED
-    emit_report(report)
+    _emit_report(report, emit)
+    _print_summary(report)
+    return 0
+
+
+def _emit_report(report: RunReport, emit: bool) -> None:
+    """jobs/*.py: the report as one marked line in the job's logs, for `colray status`."""
+    if emit:
+        from colray.cluster import REPORT_MARKER
+
+        print(REPORT_MARKER + json.dumps(asdict(report)), flush=True)
+
+
+def _print_summary(report: RunReport) -> None:
     print(
         f"ingested {report.points_written} points from {report.rows_read} rows "
         f"({report.dead_lettered} dead-lettered, {report.skipped_existing} already done by an "
@@ -351,7 +383,6 @@ def _ingest(
         print(f"{r['served_as']} {moved} version {r['version']}{dropped}", file=sys.stderr)
     if report.dead_lettered:
         print(f"dead letters: {report.dead_letter_path}", file=sys.stderr)
-    return 0
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -413,69 +444,17 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, args.overrides)
-    hits = search(settings, args.text, limit=args.limit, vector=args.vector)
+    import colray
+
+    hits = colray.search(args.config, args.text, limit=args.limit, vector=args.vector,
+                         overrides=args.overrides)  # fmt: skip
     if args.json:
-        print(
-            json.dumps(
-                [{"id": h["id"], "score": h["score"], "payload": h["payload"]} for h in hits],
-                indent=2,
-            )
-        )
+        print(json.dumps([{"id": h.id, "score": h.score, "payload": h.payload} for h in hits],
+                         indent=2))  # fmt: skip
         return 0
     for rank, hit in enumerate(hits, 1):
-        print(f"{rank:>2}. {hit['score']:8.3f}  {_summary(hit['payload'])}")
+        print(f"{rank:>2}. {hit.score:8.3f}  {_summary(hit.payload)}")
     return 0
-
-
-def search(
-    settings: Settings, text: str, *, limit: int, vector: str | None = None
-) -> list[dict[str, Any]]:
-    """Embed `text` with the model of the vector searched and query the job's sink; no Ray."""
-    from colray.sink import QueryPlan, SinkError, open_sink
-
-    image = settings.image
-    use_image = vector == image.vector_name or (
-        vector is None and not settings.source.text_column and settings.source.image_column
-    )
-    if use_image:
-        from colray.embed.colpali import ColPaliFamilyEmbedder, describe_image_model
-        from colray.pipeline import image_layout
-
-        if image.model is None:
-            raise ConfigError(["image.model: required to search page vectors"])
-        try:
-            info = describe_image_model(image.model)
-        except (ValueError, OSError) as exc:
-            raise ConfigError([f"image.model: {exc}"]) from None
-        embedder: Any = ColPaliFamilyEmbedder(info, image)
-        layout = image_layout(image, info)
-        plan = QueryPlan(
-            using=image.vector_name,
-            prefetch=tuple(image.vector_names()[1:]),
-            prefetch_limit=max(image.prefetch_limit, limit),
-            oversampling=image.oversampling if image.binary_quantization else None,
-            rescore=image.rescore if image.binary_quantization else None,
-        )
-    else:
-        from colray.embed import load_embedder
-        from colray.pipeline import layout_for
-
-        if vector not in (None, settings.embed.vector_name):
-            known = [settings.embed.vector_name, image.vector_name]
-            raise ConfigError([f"--vector: {vector!r} is not one of {', '.join(known)}"])
-        embedder = load_embedder(settings.embed)
-        layout = layout_for(settings.embed, embedder)
-        plan = QueryPlan(using=settings.embed.vector_name)
-    sink = open_sink(settings.sink, layout)
-    try:
-        sink.open_for_reading()
-        hits = sink.query(embedder.embed_query(text), plan, limit=limit)
-    except SinkError as exc:
-        raise ConfigError([f"sink: {exc}"]) from None
-    finally:
-        sink.close()
-    return [{"id": h.id, "score": h.score, "payload": h.payload} for h in hits]
 
 
 def _summary(payload: dict[str, Any], width: int = 100) -> str:
@@ -508,26 +487,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     code = _ingest(settings, None)
     if code:
         return code
+    import colray
+
     for query in args.queries or DEMO_QUERIES:
         print(f"\nquery: {query}")
-        for rank, hit in enumerate(search(settings, query, limit=args.limit), 1):
-            print(f"  {rank}. {hit['score']:7.3f}  {hit['payload'].get('title')}")
+        for rank, hit in enumerate(colray.search(settings, query, limit=args.limit), 1):
+            print(f"  {rank}. {hit.score:7.3f}  {hit.payload.get('title')}")
     return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from colray.embed import REGISTRY
+    from colray.embed import model_table
 
-    rows = [
-        {"name": s.name, "kind": s.kind, "profile": s.profile, "dims": s.dim, "source": s.source}
-        for s in REGISTRY.values()
-    ]
+    rows = model_table()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'name':<28}{'kind':<7}{'profile':<9}{'dims':>5}  source")
     for r in rows:
-        print(f"{r['name']:<28}{r['kind']:<7}{r['profile']:<9}{r['dims']:>5}  {r['source']}")
+        profile = r["profile"] or "-"
+        print(f"{r['name']:<28}{r['kind']:<7}{profile:<9}{r['dims']:>5}  {r['source']}")
     return 0
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -27,6 +28,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from colray.layout import image_vector_names
 
 ENV_PREFIX = "COLRAY_"
 ENV_NESTED_DELIMITER = "__"
@@ -107,7 +110,26 @@ class SourceConfig(_Section):
 IMAGE_ROWS_PER_BLOCK = 32
 
 
-class EmbedConfig(_Section):
+class _Compute(_Section):
+    """How much compute an embedding stage gets; shared by the text and the image models."""
+
+    num_actors: int = Field(default=1, gt=0, description="Embedder actors.")
+    cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs reserved per actor.")
+    threads_per_actor: int | None = Field(
+        default=None,
+        gt=0,
+        description="Inference threads per actor on CPU (default: the node's cores / num_actors).",
+    )
+    num_gpus: float = Field(
+        default=0.0, ge=0, description="GPUs per actor; fractions share a GPU. 0 runs on CPU."
+    )
+
+    def threads(self) -> int:
+        """Inference threads per actor: as set, else this node's cores shared among actors."""
+        return self.threads_per_actor or max(1, (os.cpu_count() or 1) // self.num_actors)
+
+
+class EmbedConfig(_Compute):
     """Which model embeds the text and how much compute it gets."""
 
     model: str = Field(
@@ -124,16 +146,6 @@ class EmbedConfig(_Section):
         gt=0,
         description="Rows handed to an embedder actor at once; sorted by length and cut "
         "into forward passes of batch_size.",
-    )
-    num_actors: int = Field(default=1, gt=0, description="Embedder actors.")
-    cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs reserved per actor.")
-    threads_per_actor: int | None = Field(
-        default=None,
-        gt=0,
-        description="Inference threads per actor (default: the node's cores / num_actors).",
-    )
-    num_gpus: float = Field(
-        default=0.0, ge=0, description="GPUs per actor; fractions share a GPU. 0 runs on CPU."
     )
     doc_maxlen: int | None = Field(default=None, gt=0, description="Max tokens per document.")
     query_maxlen: int | None = Field(default=None, gt=0, description="Query length (colbert).")
@@ -158,12 +170,8 @@ class EmbedConfig(_Section):
     def _absolute_cache_dir(cls, value: str | None) -> str | None:
         return None if value is None else _absolute(value)
 
-    def threads(self) -> int:
-        """Inference threads per actor: as set, else this node's cores shared among actors."""
-        return self.threads_per_actor or max(1, (os.cpu_count() or 1) // self.num_actors)
 
-
-class ImageConfig(_Section):
+class ImageConfig(_Compute):
     """Which ColPali-family model embeds the page images, and the collection layout for them."""
 
     model: str | None = Field(
@@ -174,12 +182,6 @@ class ImageConfig(_Section):
     vector_name: str = Field(default="page", description="Named vector of the page.")
     batch_size: int = Field(default=4, gt=0, description="Images per forward pass.")
     rows_per_call: int = Field(default=16, gt=0, description="Rows handed to an actor at once.")
-    num_actors: int = Field(default=1, gt=0, description="Image embedder actors.")
-    cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs reserved per actor.")
-    threads_per_actor: int | None = Field(
-        default=None, gt=0, description="torch threads per actor on CPU (default: cores/actors)."
-    )
-    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per actor; 0 runs on CPU.")
     decode_cpus: float = Field(
         default=1.0, gt=0, description="CPUs reserved per image-decoding task."
     )
@@ -210,14 +212,6 @@ class ImageConfig(_Section):
     @classmethod
     def _absolute_model_dir(cls, value: str | None) -> str | None:
         return _absolute(value) if value and Path(value).expanduser().is_dir() else value
-
-    def threads(self) -> int:
-        return self.threads_per_actor or max(1, (os.cpu_count() or 1) // self.num_actors)
-
-    def vector_names(self) -> list[str]:
-        """The original page vector, then the pooled ones the scale-ready layout adds."""
-        name = self.vector_name
-        return [name, f"{name}_rows", f"{name}_cols"] if self.pooled else [name]
 
 
 class SinkConfig(_Section):
@@ -278,6 +272,22 @@ class SinkConfig(_Section):
         if self.kind == "qdrant" and bool(self.url) == bool(self.path):
             raise ValueError("kind=qdrant needs exactly one of sink.url (server) or sink.path")
         return self
+
+    def describe(self) -> dict[str, Any]:
+        """The sink as reports and messages show it: where, never credentials."""
+        return {
+            "kind": self.kind,
+            "where": self.location(),
+            "collection": self.collection if self.kind == "qdrant" else None,
+        }
+
+    def location(self) -> str:
+        """The URL or path, without user:password@ or ?api-key=, which would leak credentials."""
+        if not self.url:
+            return str(self.path)
+        parts = urlsplit(self.url)
+        host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or ""
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
     def resolved_api_key(self) -> str | None:
         if self.api_key is not None:
@@ -351,7 +361,7 @@ class Settings(BaseSettings):
                 "payloads (Qdrant payloads are JSON); leave it out"
             )
         both = self.source.text_column and self.source.image_column
-        if both and self.embed.vector_name in self.image.vector_names():
+        if both and self.embed.vector_name in image_vector_names(self.image):
             raise ValueError(
                 f"image.vector_name: {self.image.vector_name!r} clashes with "
                 f"embed.vector_name {self.embed.vector_name!r}"

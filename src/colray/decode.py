@@ -13,12 +13,16 @@ from typing import Any
 import pyarrow as pa
 
 from colray.embed.colpali import ImageGeometry
-from colray.sources import ERROR, with_stage_seconds
-from colray.writer import DECODE_SECONDS, reason
-
-PIXELS = "_colray_pixels"  # uint8 RGB, row-major (height, width, 3)
-WIDTH = "_colray_width"
-HEIGHT = "_colray_height"
+from colray.rows import (
+    DECODE,
+    DECODE_SECONDS,
+    ERROR,
+    HEIGHT,
+    PIXELS,
+    WIDTH,
+    reason,
+    with_stage_seconds,
+)
 
 
 class ImageRejected(ValueError):
@@ -101,7 +105,7 @@ def decode_images(
         try:
             pixels[i], widths[i], heights[i] = decode_image(cell, geometry, max_pixels)
         except ImageRejected as exc:
-            errors[i] = reason("decode", "ImageRejected", str(exc))
+            errors[i] = reason(DECODE, "ImageRejected", str(exc))
     out = table.drop_columns([image_column, ERROR])
     out = (
         out.append_column(ERROR, pa.array(errors, pa.string()))

@@ -1,58 +1,16 @@
 """Resume state: the rows an interrupted job already finished, kept under the run directory.
 
 The driver appends the ids of each finished block (written or dead-lettered) to a log; a job
-started again with the same source, models and sink skips them. A finished job clears it.
+started again with the same source, models and sink (`Job.fingerprint`) skips them. A finished
+job clears it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
-
-from colray.config import Settings
-
-EMBED_IDENTITY = {"model", "profile", "vector_name", "doc_maxlen", "pool_factor"}
-IMAGE_IDENTITY = {"model", "vector_name", "pooled", "max_pixels"}
-
-
-def job_fingerprint(settings: Settings, layout: list[Any], source_files: list[str]) -> str:
-    """What makes two runs the same job: the rows, how they are embedded, and where they go."""
-    # Only what changes the points: a resumed run may use more actors or other batch sizes.
-    identity = {
-        "source": settings.source.model_dump(mode="json", exclude={"rows_per_block"}),
-        "files": source_files,
-        **model_identity(settings, layout),
-        "sink": {
-            "kind": settings.sink.kind,
-            "where": settings.sink.url or settings.sink.path,
-            "collection": settings.sink.collection,
-        },
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def content_salt(settings: Settings, layout: list[Any]) -> str:
-    """How rows become points: part of every row's content hash, so a new model or layout
-    makes an incremental run re-embed everything."""
-    identity = {**model_identity(settings, layout), "payload": settings.source.payload_columns}
-    return json.dumps(identity, sort_keys=True)
-
-
-def model_identity(settings: Settings, layout: list[Any]) -> dict[str, Any]:
-    """The models and vector layout a job embeds with (not how fast or where it runs)."""
-    return {
-        "embed": settings.embed.model_dump(mode="json", include=EMBED_IDENTITY)
-        if settings.source.text_column
-        else None,
-        "image": settings.image.model_dump(mode="json", include=IMAGE_IDENTITY)
-        if settings.source.image_column
-        else None,
-        "layout": [repr(spec) for spec in layout],
-    }
 
 
 class ResumeLog:

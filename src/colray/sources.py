@@ -9,7 +9,6 @@ import glob as globlib
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -24,26 +23,20 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from colray.config import ConfigError, SourceConfig
-
-# Fixed forever: changing it would change every point id colray has ever written.
-POINT_ID_NAMESPACE = uuid.UUID("7d5c8c1e-2f5a-5b8e-9a51-6c0a4f3e2b17")
-
-# Columns the pipeline adds to every row; the user's columns keep their own names.
-ID = "_colray_id"
-KEY = "_colray_key"
-LOCATION = "_colray_location"
-ERROR = "_colray_error"
-# A digest of the row's content and how it is embedded: an incremental run skips rows whose
-# stored point carries the same digest.
-HASH = "_colray_hash"
-# Seconds each stage spent on a row (its block's time shared evenly), so stage timings
-# travel with the data instead of through a separate actor.
-READ_SECONDS = "_colray_read_s"
-
-
-def point_id(source_name: str, row_key: str) -> str:
-    """uuid5 of the source's identity and the row's key: the same row always lands on one point."""
-    return str(uuid.uuid5(POINT_ID_NAMESPACE, f"{source_name}\n{row_key}"))
+from colray.rows import (
+    ALREADY_DONE,
+    ERROR,
+    HASH,
+    ID,
+    KEY,
+    LOCATION,
+    READ,
+    READ_SECONDS,
+    UNCHANGED,
+    point_id,
+    reason,
+    with_stage_seconds,
+)
 
 
 @dataclass(frozen=True)
@@ -220,7 +213,7 @@ def unreadable_rows(source: ResolvedSource, piece: Piece, rows_done: int, why: s
     locations = [
         f"{piece.relative}#{piece.first_row + i}" for i in range(rows_done, piece.num_rows)
     ]
-    error = f"read: UnreadableData: {why}"[:1000]
+    error = reason(READ, "UnreadableData", why)[:1000]
     assert source.schema is not None
     return pa.table(
         {
@@ -232,11 +225,6 @@ def unreadable_rows(source: ResolvedSource, piece: Piece, rows_done: int, why: s
             HASH: pa.nulls(len(locations), pa.string()),
         }
     )
-
-
-def with_stage_seconds(table: pa.Table, column: str, seconds: float) -> pa.Table:
-    share = seconds / table.num_rows if table.num_rows else 0.0
-    return table.append_column(column, pa.array([share] * table.num_rows, pa.float64()))
 
 
 def content_hashes(table: pa.Table, salt: str) -> list[str]:
@@ -291,25 +279,27 @@ def read_piece(
             keys = locations
         ids = [None if k is None else point_id(source.name, k) for k in keys]
         errors = [
-            None if k is not None else f"read: NullId: id column {cfg.id_column!r} is null"
+            None
+            if k is not None
+            else reason(READ, "NullId", f"id column {cfg.id_column!r} is null")
             for k in keys
         ]
         if piece.bad_text_type is not None:
             assert cfg.text_column is not None
-            why = f"read: NonStringText: column {cfg.text_column!r} holds {piece.bad_text_type}"
+            why = reason(
+                READ, "NonStringText", f"column {cfg.text_column!r} holds {piece.bad_text_type}"
+            )
             errors = [error or why for error in errors]
             index = table.column_names.index(cfg.text_column)
             table = table.set_column(index, cfg.text_column, pa.nulls(table.num_rows, pa.string()))
         if finished:
             errors = [
-                "skip: AlreadyDone: finished by an interrupted run of this job"
-                if pid in finished
-                else error
+                ALREADY_DONE.encode() if pid in finished else error
                 for pid, error in zip(ids, errors, strict=True)
             ]
         if stored:
             errors = [
-                "skip: Unchanged: the stored point has this content hash"
+                UNCHANGED.encode()
                 if error is None and pid is not None and stored.get(pid) == digest
                 else error
                 for pid, error, digest in zip(ids, errors, hashes, strict=True)

@@ -18,17 +18,38 @@ if TYPE_CHECKING:
 
     from colray.config import ImageConfig
 
-# model_type in config.json -> (model class, processor class, how its patch grid is laid out)
-FAMILIES: dict[str, tuple[str, str, str | None]] = {
-    "paligemma": ("ColPali", "ColPaliProcessor", "square"),
-    "qwen2_vl": ("ColQwen2", "ColQwen2Processor", "qwen"),
-    "qwen2_5_vl": ("ColQwen2_5", "ColQwen2_5_Processor", "qwen"),
-    # Tiled image splitting: no single patch grid, so no row/column pooling.
-    "idefics3": ("ColIdefics3", "ColIdefics3Processor", None),
-    "modernvbert": ("ColModernVBert", "ColModernVBertProcessor", None),
-}
-# colpali-engine's projection head: every family above maps to 128 dims (`self.dim = 128`).
+# colpali-engine's projection head: every family below maps to 128 dims (`self.dim = 128`).
 COLPALI_ENGINE_DIM = 128
+
+
+@dataclass(frozen=True)
+class ImageFamily:
+    """A ColPali-family model as colpali-engine ships it, known by config.json's model_type."""
+
+    model_type: str
+    name: str
+    model_class: str
+    processor_class: str
+    grid: str | None  # how the patch grid is laid out; None: tiled, no single grid to pool
+    needs: str  # what a user points image.model at
+    dim: int = COLPALI_ENGINE_DIM
+
+
+IMAGE_FAMILIES: dict[str, ImageFamily] = {
+    f.model_type: f
+    for f in (
+        ImageFamily("paligemma", "ColPali", "ColPali", "ColPaliProcessor", "square",
+                    "a colpali-engine ColPali directory or Hub id (vidore/colpali-v1.3-merged)"),
+        ImageFamily("qwen2_vl", "ColQwen2", "ColQwen2", "ColQwen2Processor", "qwen",
+                    "a merged ColQwen2 directory or Hub id (vidore/colqwen2-v1.0-merged)"),
+        ImageFamily("qwen2_5_vl", "ColQwen2.5", "ColQwen2_5", "ColQwen2_5_Processor", "qwen",
+                    "a merged ColQwen2.5 directory or Hub id (vidore/colqwen2.5-v0.2)"),
+        ImageFamily("idefics3", "ColIdefics3", "ColIdefics3", "ColIdefics3Processor", None,
+                    "a ColIdefics3/ColSmol directory or Hub id; image.pooled=false (tiled)"),
+        ImageFamily("modernvbert", "ColModernVBert", "ColModernVBert", "ColModernVBertProcessor",
+                    None, "a ColModernVBert directory or Hub id; image.pooled=false (tiled)"),
+    )
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -65,33 +86,37 @@ class ImageModelInfo:
     """What the driver learns about an image model from its files, without loading weights."""
 
     model_dir: Path
-    family: str
+    family: str  # config.json's model_type, a key of IMAGE_FAMILIES
     dim: int
     geometry: ImageGeometry
     grid: str | None  # None: the family has no single patch grid to pool over
 
     @property
     def classes(self) -> tuple[str, str]:
-        model_class, processor_class, _ = FAMILIES[self.family]
-        return model_class, processor_class
+        family = IMAGE_FAMILIES[self.family]
+        return family.model_class, family.processor_class
 
 
 def describe_image_model(model: str) -> ImageModelInfo:
     """Family, output size and resizing of a local directory or Hub id; ValueError if unknown."""
     from colray.embed import resolve_model_dir
 
-    model_dir, _ = resolve_model_dir(model)
+    model_dir, _ = resolve_model_dir(model, named=False)
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise ValueError(f"{model_dir} has no config.json (is it a colpali-engine model?)")
     family = json.loads(config_path.read_text()).get("model_type", "")
-    if family not in FAMILIES:
+    if family not in IMAGE_FAMILIES:
         raise ValueError(
             f"model_type {family!r} in {config_path} is not a ColPali-family model "
-            f"(known: {', '.join(FAMILIES)})"
+            f"(known: {', '.join(IMAGE_FAMILIES)})"
         )
     return ImageModelInfo(
-        model_dir, family, _projection_dim(model_dir), _geometry(model_dir), FAMILIES[family][2]
+        model_dir,
+        family,
+        _projection_dim(model_dir),
+        _geometry(model_dir),
+        IMAGE_FAMILIES[family].grid,
     )
 
 

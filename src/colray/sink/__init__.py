@@ -17,21 +17,19 @@ import numpy as np
 
 if TYPE_CHECKING:
     from colray.config import SinkConfig
+    from colray.layout import QueryPlan, VectorSpec
 
 
 class SinkError(Exception):
     """A sink problem the user must fix (incompatible layout, unreachable store, ...)."""
 
 
-@dataclass(frozen=True)
-class VectorSpec:
-    """One named multivector: MaxSim over cosine similarities of `dim`-sized token vectors."""
+class RetriesExhausted(Exception):
+    """A transient failure (timeout, reset, 429, 5xx) outlasted the retries.
 
-    name: str
-    dim: int
-    hnsw: bool = True  # False: rerank-only (hnsw m=0), searched through a prefetch
-    on_disk: bool = False
-    binary_quantization: bool = False  # kept in RAM (always_ram), originals rescore
+    Carries only the last error's text, so it crosses process boundaries intact (Ray cannot
+    rebuild qdrant-client's own exceptions on the driver).
+    """
 
 
 @dataclass
@@ -43,10 +41,18 @@ class Point:
 
 @dataclass
 class Hit:
+    """A search result, or a stored point (its vectors only when asked for)."""
+
     id: str
     score: float
     payload: dict[str, Any]
     vectors: dict[str, np.ndarray] | None = None
+
+
+def wire_id(point_id: str) -> str | int:
+    """A point id as the engines take it: colray's own ids are UUIDs; an id of digits alone
+    (a datasink user's integer id) is that integer."""
+    return int(point_id) if point_id.isdigit() else point_id
 
 
 def hit_from_record(point: Any) -> Hit:
@@ -60,17 +66,6 @@ def hit_from_record(point: Any) -> Hit:
     )
 
 
-@dataclass(frozen=True)
-class QueryPlan:
-    """How to search: first-stage candidates from `prefetch` vectors, reranked on `using`."""
-
-    using: str
-    prefetch: tuple[str, ...] = ()
-    prefetch_limit: int = 200
-    oversampling: float | None = None  # with binary quantization: fetch more, then rescore
-    rescore: bool | None = None
-
-
 @dataclass
 class FinalizeResult:
     status: str
@@ -79,6 +74,9 @@ class FinalizeResult:
 
 
 class Sink(Protocol):
+    """What both engines do. `write` raises RetriesExhausted when transient failures outlast
+    the retries; any other exception is a rejection of these points that no retry changes."""
+
     def prepare(self) -> None:
         """Create the store or check that the existing one fits the layout; indexing off."""
         ...
@@ -146,6 +144,28 @@ def open_sink(cfg: SinkConfig, layout: list[VectorSpec], client: Any = None) -> 
     from colray.sink.qdrant import QdrantSink
 
     return QdrantSink(cfg, layout, client=client)
+
+
+def open_prepared_sink(cfg: SinkConfig, layout: list[VectorSpec], client: Any = None) -> Sink:
+    """The sink with its store created, or checked against the layout, and indexing off."""
+    sink: Sink | None = None
+    try:
+        sink = open_sink(cfg, layout, client)
+        sink.prepare()
+        return sink
+    except Exception as exc:
+        if sink is not None:
+            sink.close()
+        raise unreachable(cfg, exc) from None
+
+
+def unreachable(cfg: SinkConfig, exc: Exception) -> SinkError:
+    """A failure to open or prepare the sink as the user sees it: where, never the key."""
+    if isinstance(exc, SinkError):
+        return exc
+    from colray.rows import short
+
+    return SinkError(f"cannot open the sink ({cfg.location()}): {type(exc).__name__}: {short(exc)}")
 
 
 def open_versions(cfg: SinkConfig, client: Any = None) -> Versions:

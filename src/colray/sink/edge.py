@@ -10,23 +10,25 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import qdrant_edge as qe
 
 from colray.config import SinkConfig
+from colray.layout import QueryPlan, VectorSpec
 from colray.sink import (
     HASH_PAYLOAD_KEY,
     SCROLL_PAGE,
     FinalizeResult,
     Hit,
     Point,
-    QueryPlan,
     SinkError,
-    VectorSpec,
     hit_from_record,
     stored_hash,
+    wire_id,
 )
 
 # Indexing switched off while loading: building HNSW per batch would be rebuilt anyway.
@@ -107,7 +109,9 @@ class EdgeSink:
                 # Edge takes numpy arrays but walks them element by element; lists are ~2x
                 # cheaper to convert (measured: 1.25 ms vs 0.57 ms per 70x384 point).
                 [
-                    qe.Point(p.id, {k: v.tolist() for k, v in p.vectors.items()}, p.payload)
+                    qe.Point(
+                        wire_id(p.id), {k: v.tolist() for k, v in p.vectors.items()}, p.payload
+                    )
                     for p in points
                 ]
             )
@@ -148,39 +152,33 @@ class EdgeSink:
         )
         return [hit_from_record(p) for p in self._open().query(request)]
 
-    def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
-        hits: list[Hit] = []
+    def _scroll(self, page: int, **what: Any) -> Iterator[Any]:
+        """Every record, page by page."""
         offset = None
         while True:
             records, offset = self._open().scroll(
-                qe.ScrollRequest(
-                    limit=256, offset=offset, with_payload=True, with_vector=with_vectors
-                )
+                qe.ScrollRequest(limit=page, offset=offset, **what)
             )
-            hits.extend(hit_from_record(r) for r in records)
+            yield from records
             if offset is None:
-                return hits
+                return
+
+    def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
+        return [
+            hit_from_record(r)
+            for r in self._scroll(256, with_payload=True, with_vector=with_vectors)
+        ]
 
     def stored_hashes(self) -> dict[str, str | None]:
-        hashes: dict[str, str | None] = {}
-        offset = None
-        while True:
-            records, offset = self._open().scroll(
-                qe.ScrollRequest(
-                    limit=SCROLL_PAGE,
-                    offset=offset,
-                    with_payload=qe.PayloadSelector.Include([HASH_PAYLOAD_KEY]),
-                    with_vector=False,
-                )
-            )
-            for record in records:
-                hashes[str(record.id)] = stored_hash(record.payload)
-            if offset is None:
-                return hashes
+        only_hash = qe.PayloadSelector.Include([HASH_PAYLOAD_KEY])
+        return {
+            str(r.id): stored_hash(r.payload)
+            for r in self._scroll(SCROLL_PAGE, with_payload=only_hash, with_vector=False)
+        }
 
     def delete(self, point_ids: list[str]) -> None:
         for start in range(0, len(point_ids), SCROLL_PAGE):
-            chunk = list(point_ids[start : start + SCROLL_PAGE])
+            chunk = [wire_id(i) for i in point_ids[start : start + SCROLL_PAGE]]
             self._open().update(qe.UpdateOperation.delete_points(chunk))
 
     def _open(self) -> qe.EdgeShard:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -20,20 +20,23 @@ from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from colray.config import SinkConfig
+from colray.layout import QueryPlan, VectorSpec
+from colray.rows import short
 from colray.sink import (
     HASH_PAYLOAD_KEY,
     SCROLL_PAGE,
     FinalizeResult,
     Hit,
     Point,
-    QueryPlan,
+    RetriesExhausted,
     SinkError,
-    VectorSpec,
     hit_from_record,
     stored_hash,
+    wire_id,
 )
 
 T = TypeVar("T")
+P = ParamSpec("P")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 log = logging.getLogger("colray")
@@ -109,19 +112,26 @@ def make_client(cfg: SinkConfig) -> QdrantClient:
     return QdrantClient(path=cfg.path)
 
 
-def call_with_retries(cfg: SinkConfig, fn: Callable[[], T]) -> T:
-    """`fn()`, retried on transient failures with the backoff the sink settings give."""
-    for attempt in stamina.retry_context(
-        on=retry_after,
-        attempts=cfg.retry_attempts,
-        timeout=cfg.retry_timeout_s,
-        wait_initial=cfg.retry_wait_initial_s,
-        wait_max=cfg.retry_wait_max_s,
-        wait_jitter=cfg.retry_wait_initial_s,
-    ):
-        with attempt:
-            return fn()
-    raise AssertionError("unreachable: stamina re-raises the last error")
+class RetryingCalls:
+    """Client calls retried on transient failures with stamina's jittered backoff, as the sink
+    settings give it; once the retries are spent, RetriesExhausted with the last error."""
+
+    def __init__(self, cfg: SinkConfig):
+        self.caller = stamina.RetryingCaller(
+            attempts=cfg.retry_attempts,
+            timeout=cfg.retry_timeout_s,
+            wait_initial=cfg.retry_wait_initial_s,
+            wait_max=cfg.retry_wait_max_s,
+            wait_jitter=cfg.retry_wait_initial_s,
+        ).on(retry_after)
+
+    def __call__(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return self.caller(fn, *args, **kwargs)
+        except Exception as exc:
+            if is_transient(exc):
+                raise RetriesExhausted(f"{type(exc).__name__}: {short(exc)}") from None
+            raise
 
 
 class QdrantSink:
@@ -135,27 +145,23 @@ class QdrantSink:
         # one client per directory), or configured it (tests inject faults this way).
         self.owns_client = client is None
         self.client = client if client is not None else make_client(cfg)
-
-    def _call(self, fn: Callable[[], T]) -> T:
-        return call_with_retries(self.cfg, fn)
+        self._call = RetryingCalls(cfg)
 
     def prepare(self) -> None:
         if self._exists():
             self._check_layout()
             self._call(
-                lambda: self.client.update_collection(
-                    self.collection,
-                    optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0),
-                )
+                self.client.update_collection,
+                self.collection,
+                optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0),
             )
             return
         try:
             self._call(
-                lambda: self.client.create_collection(
-                    self.collection,
-                    vectors_config={spec.name: vector_params(spec) for spec in self.layout},
-                    optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0),
-                )
+                self.client.create_collection,
+                self.collection,
+                vectors_config={spec.name: vector_params(spec) for spec in self.layout},
+                optimizers_config=models.OptimizersConfigDiff(indexing_threshold=0),
             )
         except Exception:
             # A create that timed out may have happened (or another writer won the race):
@@ -166,7 +172,7 @@ class QdrantSink:
 
     def _exists(self) -> bool:
         """The collection, or an alias of one (as `colray reindex` serves it), exists."""
-        if self._call(lambda: self.client.collection_exists(self.collection)):
+        if self._call(self.client.collection_exists, self.collection):
             return True
         aliases = self._call(self.client.get_aliases).aliases
         return any(a.alias_name == self.collection for a in aliases)
@@ -177,7 +183,7 @@ class QdrantSink:
         self._check_layout()
 
     def _check_layout(self) -> None:
-        info = self._call(lambda: self.client.get_collection(self.collection))
+        info = self._call(self.client.get_collection, self.collection)
         existing = info.config.params.vectors
         existing = existing if isinstance(existing, dict) else {"": existing}
         problems = []
@@ -207,26 +213,27 @@ class QdrantSink:
         # ids, float32 matrices and JSON-safe payloads are already what the model allows.
         structs = [
             models.PointStruct.model_construct(
-                id=p.id, vector={k: v.tolist() for k, v in p.vectors.items()}, payload=p.payload
+                id=wire_id(p.id),
+                vector={k: v.tolist() for k, v in p.vectors.items()},
+                payload=p.payload,
             )
             for p in points
         ]
-        self._call(lambda: self.client.upsert(self.collection, points=structs, wait=True))
+        self._call(self.client.upsert, self.collection, points=structs, wait=True)
 
     def finalize(self) -> FinalizeResult:
         start = time.perf_counter()
         self._call(
-            lambda: self.client.update_collection(
-                self.collection,
-                optimizers_config=models.OptimizersConfigDiff(
-                    indexing_threshold=self.cfg.indexing_threshold_kb
-                ),
-            )
+            self.client.update_collection,
+            self.collection,
+            optimizers_config=models.OptimizersConfigDiff(
+                indexing_threshold=self.cfg.indexing_threshold_kb
+            ),
         )
         deadline = start + self.cfg.ready_timeout_s
         delay = 0.2
         while True:
-            info = self._call(lambda: self.client.get_collection(self.collection))
+            info = self._call(self.client.get_collection, self.collection)
             if info.status == models.CollectionStatus.GREEN:
                 return FinalizeResult(
                     "green", info.indexed_vectors_count, time.perf_counter() - start
@@ -236,9 +243,9 @@ class QdrantSink:
             if info.status == models.CollectionStatus.GREY:
                 # Grey means optimizations are pending until any update nudges them.
                 self._call(
-                    lambda: self.client.update_collection(
-                        self.collection, optimizers_config=models.OptimizersConfigDiff()
-                    )
+                    self.client.update_collection,
+                    self.collection,
+                    optimizers_config=models.OptimizersConfigDiff(),
                 )
             if time.perf_counter() > deadline:
                 raise SinkError(
@@ -249,7 +256,7 @@ class QdrantSink:
             delay = min(delay * 2, 5.0)
 
     def count(self) -> int:
-        return self._call(lambda: self.client.count(self.collection, exact=True)).count
+        return self._call(self.client.count, self.collection, exact=True).count
 
     def query(
         self, vector: np.ndarray, plan: QueryPlan, *, limit: int, with_vectors: bool = False
@@ -263,67 +270,56 @@ class QdrantSink:
             )
         )
         response = self._call(
-            lambda: self.client.query_points(
-                self.collection,
-                prefetch=[
-                    models.Prefetch(query=matrix, using=name, limit=plan.prefetch_limit)
-                    for name in plan.prefetch
-                ]
-                or None,
-                query=matrix,
-                using=plan.using,
-                limit=limit,
-                search_params=models.SearchParams(quantization=quantization)
-                if quantization
-                else None,
-                with_payload=True,
-                with_vectors=with_vectors,
-            )
+            self.client.query_points,
+            self.collection,
+            prefetch=[
+                models.Prefetch(query=matrix, using=name, limit=plan.prefetch_limit)
+                for name in plan.prefetch
+            ]
+            or None,
+            query=matrix,
+            using=plan.using,
+            limit=limit,
+            search_params=models.SearchParams(quantization=quantization) if quantization else None,
+            with_payload=True,
+            with_vectors=with_vectors,
         )
         return [hit_from_record(p) for p in response.points]
 
-    def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
-        hits: list[Hit] = []
+    def _scroll(self, page: int, **what: Any) -> Iterator[Any]:
+        """Every record, page by page, each page a retried call."""
         offset = None
         while True:
             records, offset = self._call(
-                lambda start=offset: self.client.scroll(
-                    self.collection,
-                    limit=256,
-                    offset=start,
-                    with_payload=True,
-                    with_vectors=with_vectors,
-                )
+                self.client.scroll, self.collection, limit=page, offset=offset, **what
             )
-            hits.extend(hit_from_record(r) for r in records)
+            yield from records
             if offset is None:
-                return hits
+                return
+
+    def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
+        return [
+            hit_from_record(r)
+            for r in self._scroll(256, with_payload=True, with_vectors=with_vectors)
+        ]
 
     def stored_hashes(self) -> dict[str, str | None]:
-        hashes: dict[str, str | None] = {}
-        offset = None
-        while True:
-            records, offset = self._call(
-                lambda start=offset: self.client.scroll(
-                    self.collection,
-                    limit=SCROLL_PAGE,
-                    offset=start,
-                    with_payload=models.PayloadSelectorInclude(include=[HASH_PAYLOAD_KEY]),
-                    with_vectors=False,
-                )
-            )
-            for record in records:
-                hashes[str(record.id)] = stored_hash(record.payload)
-            if offset is None:
-                return hashes
+        only_hash = models.PayloadSelectorInclude(include=[HASH_PAYLOAD_KEY])
+        return {
+            str(r.id): stored_hash(r.payload)
+            for r in self._scroll(SCROLL_PAGE, with_payload=only_hash, with_vectors=False)
+        }
 
     def delete(self, point_ids: list[str]) -> None:
         for start in range(0, len(point_ids), SCROLL_PAGE):
-            chunk: list[models.ExtendedPointId] = list(point_ids[start : start + SCROLL_PAGE])
+            chunk: list[models.ExtendedPointId] = [
+                wire_id(i) for i in point_ids[start : start + SCROLL_PAGE]
+            ]
             self._call(
-                lambda chunk=chunk: self.client.delete(
-                    self.collection, points_selector=models.PointIdsList(points=chunk), wait=True
-                )
+                self.client.delete,
+                self.collection,
+                points_selector=models.PointIdsList(points=chunk),
+                wait=True,
             )
 
     def close(self) -> None:
@@ -339,9 +335,10 @@ class CollectionVersions:
         self.alias = self.served_as = cfg.collection
         self.client = client
         self.pattern = re.compile(re.escape(self.alias) + r"__v\d{20}")
+        self._call = RetryingCalls(cfg)
 
     def live(self) -> str | None:
-        for alias in call_with_retries(self.cfg, self.client.get_aliases).aliases:
+        for alias in self._call(self.client.get_aliases).aliases:
             if alias.alias_name == self.alias:
                 return alias.collection_name.removeprefix(self.alias + "__")
         if self.alias in self._collections():
@@ -357,9 +354,7 @@ class CollectionVersions:
         return sorted(n.removeprefix(self.alias + "__") for n in names if self.pattern.fullmatch(n))
 
     def _collections(self) -> set[str]:
-        return {
-            c.name for c in call_with_retries(self.cfg, self.client.get_collections).collections
-        }
+        return {c.name for c in self._call(self.client.get_collections).collections}
 
     def sink_for(self, version: str) -> SinkConfig:
         return self.cfg.model_copy(update={"collection": f"{self.alias}__{version}"})
@@ -381,15 +376,10 @@ class CollectionVersions:
         )
         # A retry after an applied-but-failed call is refused (alias exists); it then checks.
         try:
-            call_with_retries(
-                self.cfg,
-                lambda: self.client.update_collection_aliases(change_aliases_operations=operations),
-            )
+            self._call(self.client.update_collection_aliases, change_aliases_operations=operations)
         except Exception:
             if self.live() != version:
                 raise
 
     def drop(self, version: str) -> None:
-        call_with_retries(
-            self.cfg, lambda: self.client.delete_collection(f"{self.alias}__{version}")
-        )
+        self._call(self.client.delete_collection, f"{self.alias}__{version}")

@@ -11,7 +11,8 @@ import os
 from typing import Any
 
 from colray.config import Settings
-from colray.pipeline import RunReport, run_ingest
+from colray.pipeline import run_ingest
+from colray.report import RunReport
 from colray.sink import Versions, new_version_name, open_versions
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,264 @@
+"""The run's ledger: what became of every row (counts, dead-letter file, resume marks, deletions),
+the JSON report it ends in, and the checks that the counts add up.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from tqdm import tqdm
+
+from colray.job import Job
+from colray.points import WriteOutcome
+from colray.resume import ResumeLog
+from colray.rows import DEAD_LETTER_SCHEMA, READ, DeadLetter, dead_letter_key
+from colray.sink import FinalizeResult, Sink
+from colray.sources import SkipRules
+
+log = logging.getLogger("colray")
+T = TypeVar("T")
+
+
+class LostRowsError(RuntimeError):
+    """The pipeline's output does not account for every row the source holds."""
+
+
+class TooManyFailuresError(RuntimeError):
+    """The run finished, but more rows were dead-lettered than run.max_failed_fraction allows."""
+
+    def __init__(self, report: RunReport, limit: float):
+        self.report = report
+        top = ", ".join(f"{k} ({n})" for k, n in list(report.dead_letter_reasons.items())[:5])
+        super().__init__(
+            f"{report.dead_lettered} of {report.rows_read} rows were dead-lettered "
+            f"({report.dead_lettered / report.rows_read:.1%}, more than "
+            f"run.max_failed_fraction={limit:g}); most common: {top}. "
+            f"See {report.dead_letter_path}"
+        )
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    started_at: str
+    finished_at: str = ""
+    duration_s: float = 0.0
+    source: str = ""
+    model: str = ""
+    sink: dict[str, Any] = field(default_factory=dict)
+    rows_in_source: int = 0
+    rows_read: int = 0
+    points_written: int = 0
+    dead_lettered: int = 0
+    skipped_existing: int = 0
+    duplicate_ids: int = 0  # rows whose id an earlier row of the run had (the later one wins)
+    # Files whose footer could not be read: dead-lettered whole, rows unknown, not in rows_*.
+    unreadable_files: int = 0
+    points_in_store: int = 0
+    # Seconds from the start until the first embedded block reached a writer: validation,
+    # model loads and actor start-up, the fixed cost a small job mostly consists of.
+    first_block_s: float | None = None
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    stages_s: dict[str, float] = field(default_factory=dict)
+    rows_per_s: float = 0.0
+    finalize: dict[str, Any] = field(default_factory=dict)
+    # Incremental runs: rows unchanged (skipped), points updated, added and deleted.
+    incremental: dict[str, int] | None = None
+    # Rebuilds: the alias or pointer, the version it now serves, and the versions dropped.
+    reindex: dict[str, Any] | None = None
+    dead_letter_path: str = ""
+    report_path: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def save(self) -> None:
+        path = Path(self.report_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+
+    def accounted(self) -> int:
+        """Rows that ended as a point, a dead letter or a skip."""
+        unchanged = self.incremental["unchanged"] if self.incremental else 0
+        return self.points_written + self.dead_lettered + self.skipped_existing + unchanged
+
+
+class Ledger:
+    """Keeps the run's books while blocks are written; closing it flushes the dead letters and
+    the resume log whatever happened."""
+
+    def __init__(self, job: Job, report_path: str | Path | None, *, started: float):
+        self.job = job
+        self.started = started  # perf_counter() when the run began, before the job was checked
+        now = dt.datetime.now(dt.UTC)
+        run_id = now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+        self.run_dir = Path(job.settings.run.dir) / run_id
+        self.report = RunReport(
+            run_id=run_id,
+            started_at=now.isoformat(),
+            source=job.source.name,
+            model=job.model_names,
+            sink=job.settings.sink.describe(),
+            rows_in_source=job.source.num_rows,
+            dead_letter_path=str(self.run_dir / "dead_letters.parquet"),
+            report_path=str(report_path or self.run_dir / "report.json"),
+        )
+        self.resume = ResumeLog(job.settings.run.dir, job.fingerprint)
+        self.finished = self.resume.load()
+        self.stored: dict[str, str | None] | None = None  # incremental runs: id -> hash
+        self.seen: set[str] = set()  # ... and the ids of every row read
+        self.reasons: collections.Counter[str] = collections.Counter()
+        self.stage_s: collections.Counter[str] = collections.Counter()
+        self._dead_out: pq.ParquetWriter | None = None
+        self._bar: Any = None
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._dead_out is not None:
+            self._dead_out.close()
+        self.resume.close()
+
+    def track_changes(self, stored: dict[str, str | None]) -> None:
+        """An incremental run: compare with what the store holds."""
+        self.stored = stored
+        self.report.incremental = {"unchanged": 0, "updated": 0, "added": 0, "deleted": 0}
+
+    def skip_rules(self) -> SkipRules:
+        """What the reader passes over: rows finished earlier, rows stored unchanged."""
+        return SkipRules(
+            salt=self.job.salt,
+            done=ray.put(self.finished) if self.finished else None,
+            stored=ray.put(self.stored) if self.stored else None,
+        )
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Time a stage the driver runs itself."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_s[stage] += time.perf_counter() - began
+
+    def begin_writing(self) -> None:
+        """From here on the run leaves files: the dead letters, then the report."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._dead_out = pq.ParquetWriter(self.report.dead_letter_path, DEAD_LETTER_SCHEMA)
+        self._bar = tqdm(total=self.report.rows_in_source, unit="row", desc="written",
+                         disable=not self.job.settings.run.progress)  # fmt: skip
+        unreadable = self.job.source.unreadable
+        if unreadable:
+            self.report.unreadable_files = len(unreadable)
+            self._write_dead([
+                {"point_id": None, "row_key": None, "source_location": relative, "stage": READ,
+                 "error_class": "UnreadableFile", "error": why[:1000]}
+                for relative, why in unreadable
+            ], count=False)  # fmt: skip
+            log.warning(
+                "%d source file(s) could not be read; see the dead letters", len(unreadable)
+            )
+
+    def timing_first(self, blocks: Iterator[T]) -> Iterator[T]:
+        """`blocks`, noting when the first one arrived."""
+        for block in blocks:
+            if self.report.first_block_s is None:
+                self.report.first_block_s = round(time.perf_counter() - self.started, 3)
+            yield block
+
+    def record(self, outcome: WriteOutcome) -> None:
+        """One block's outcome: counted, its dead letters kept, its rows marked finished."""
+        report = self.report
+        report.rows_read += outcome.rows
+        report.points_written += outcome.points_written
+        report.skipped_existing += outcome.skipped
+        report.duplicate_ids += outcome.duplicates
+        self.stage_s.update({**outcome.upstream_seconds, "write": outcome.seconds})
+        self._write_dead(outcome.dead_letters)
+        dead_ids = [d["point_id"] for d in outcome.dead_letters if d["point_id"]]
+        if report.incremental is not None and self.stored is not None:
+            updated = sum(point_id in self.stored for point_id in outcome.written_ids)
+            report.incremental["unchanged"] += outcome.unchanged
+            report.incremental["updated"] += updated
+            report.incremental["added"] += outcome.points_written - updated
+            self.seen.update(outcome.written_ids, outcome.skipped_ids, dead_ids)
+        if self._bar is not None:
+            self._bar.update(outcome.rows)
+        # Only now, with the points in the store, may a restarted run skip these rows.
+        self.resume.record(outcome.written_ids + dead_ids)
+
+    def _write_dead(self, entries: list[DeadLetter], *, count: bool = True) -> None:
+        if not entries:
+            return
+        assert self._dead_out is not None, "begin_writing() first"
+        self._dead_out.write_table(pa.Table.from_pylist(entries, DEAD_LETTER_SCHEMA))
+        if count:
+            self.report.dead_lettered += len(entries)
+            self.reasons.update(dead_letter_key(d) for d in entries)
+
+    def delete_vanished(self, sink: Sink) -> None:
+        """Incremental runs: delete the points whose rows left the source."""
+        incremental = self.report.incremental
+        if incremental is None or self.stored is None:
+            return
+        vanished = [point_id for point_id in self.stored if point_id not in self.seen]
+        if vanished and (
+            self.report.unreadable_files or self.reasons.get(f"{READ}: UnreadableData")
+        ):
+            # Rows of an unreadable file are unknown: their points must not be taken for gone.
+            log.warning(
+                "%d stored points have no row in what could be read, but part of the source "
+                "was unreadable: nothing deleted",
+                len(vanished),
+            )
+            vanished = []
+        sink.delete(vanished)
+        incremental["deleted"] = len(vanished)
+
+    def finalized(self, result: FinalizeResult, points_in_store: int) -> None:
+        self.report.finalize = asdict(result)
+        self.report.points_in_store = points_in_store
+
+    def conclude(self) -> RunReport:
+        """Save the report, then check it: every row accounted for, few enough dead letters."""
+        report = self.report
+        report.dead_letter_reasons = dict(self.reasons.most_common())
+        report.stages_s = {stage: round(seconds, 3) for stage, seconds in self.stage_s.items()}
+        report.duration_s = round(time.perf_counter() - self.started, 3)
+        report.rows_per_s = (
+            round(report.rows_read / report.duration_s, 2) if report.duration_s else 0.0
+        )
+        report.finished_at = dt.datetime.now(dt.UTC).isoformat()
+        report.save()
+        if report.rows_read != report.rows_in_source or report.rows_read != report.accounted():
+            raise LostRowsError(
+                f"rows do not add up: source {report.rows_in_source}, read {report.rows_read}, "
+                f"written {report.points_written}, dead-lettered {report.dead_lettered}, "
+                f"skipped {report.skipped_existing}, unchanged "
+                f"{report.incremental['unchanged'] if report.incremental else 0}"
+            )
+        self.resume.clear()
+        limit = self.job.settings.run.max_failed_fraction
+        failed = report.dead_lettered / report.rows_read if report.rows_read else 0.0
+        if failed > limit:
+            raise TooManyFailuresError(report, limit)
+        return report

@@ -1,0 +1,178 @@
+"""The row contract: the columns colray adds to a row, why a row stops, and the dead-letter schema.
+
+Every stage (read, decode, embed, points) imports its names from here, never from another stage.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Fixed forever: changing it would change every point id colray has ever written.
+POINT_ID_NAMESPACE = uuid.UUID("7d5c8c1e-2f5a-5b8e-9a51-6c0a4f3e2b17")
+
+# Columns the reader adds to every row; the user's columns keep their own names.
+ID = "_colray_id"
+KEY = "_colray_key"
+LOCATION = "_colray_location"
+# Why the row will not become a point (a `Reason`, encoded); null while it still may.
+ERROR = "_colray_error"
+# A digest of the row's content and how it is embedded: an incremental run skips rows whose
+# stored point carries the same digest.
+HASH = "_colray_hash"
+
+# Seconds each stage spent on a row (its block's time shared evenly), so stage timings
+# travel with the data instead of through a separate actor.
+READ_SECONDS = "_colray_read_s"
+DECODE_SECONDS = "_colray_decode_s"
+EMBED_SECONDS = "_colray_embed_s"
+STAGE_SECONDS = {"read": READ_SECONDS, "decode": DECODE_SECONDS, "embed": EMBED_SECONDS}
+
+# Set by the text embedder: the text was longer than the model reads (kept, and flagged).
+TRUNCATED = "_colray_truncated"
+
+# Decoded page images, from the decode stage to the image embedder.
+PIXELS = "_colray_pixels"  # uint8 RGB, row-major (height, width, 3)
+WIDTH = "_colray_width"
+HEIGHT = "_colray_height"
+
+
+def point_id(source_name: str, row_key: str) -> str:
+    """uuid5 of the source's identity and the row's key: the same row always lands on one point."""
+    return str(uuid.uuid5(POINT_ID_NAMESPACE, f"{source_name}\n{row_key}"))
+
+
+def vectors_column(name: str) -> str:
+    """Column carrying a named vector's float32 bytes, row-major (n_vectors, dim)."""
+    return f"_colray_vectors:{name}"
+
+
+def count_column(name: str) -> str:
+    """Column carrying how many vectors (rows of the matrix) a named vector has."""
+    return f"_colray_num_vectors:{name}"
+
+
+# --- why a row stops ---------------------------------------------------------------------
+
+READ = "read"
+DECODE = "decode"
+EMBED = "embed"
+WRITE = "write"
+SKIP = "skip"  # not a failure: the row needs no work in this run
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a row does not become a point in this run: a dead letter's stage, class and
+    message, or (stage `skip`) why it needs no work. Travels encoded in the ERROR column."""
+
+    stage: str
+    error_class: str
+    message: str
+
+    def encode(self) -> str:
+        return f"{self.stage}: {self.error_class}: {self.message}"
+
+    @classmethod
+    def decode(cls, text: str) -> Reason:
+        stage, _, rest = text.partition(": ")
+        error_class, _, message = rest.partition(": ")
+        return cls(stage, error_class, message)
+
+    @property
+    def is_skip(self) -> bool:
+        return self.stage == SKIP
+
+    def __str__(self) -> str:
+        return self.encode()
+
+
+def reason(stage: str, error_class: str, message: str) -> str:
+    """A row's reason as it travels in the ERROR column."""
+    return Reason(stage, error_class, message).encode()
+
+
+# The two kinds of skip: rows an interrupted run of the same job finished, and rows stored
+# with the same content hash (incremental runs).
+ALREADY_DONE = Reason(SKIP, "AlreadyDone", "finished by an interrupted run of this job")
+UNCHANGED = Reason(SKIP, "Unchanged", "the stored point has this content hash")
+
+
+def short(exc: BaseException, limit: int = 500) -> str:
+    """An exception's message on one line, cut to `limit` characters."""
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# --- dead letters ------------------------------------------------------------------------
+
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        ("point_id", pa.string()),
+        ("row_key", pa.string()),
+        ("source_location", pa.string()),
+        ("stage", pa.string()),
+        ("error_class", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+
+DeadLetter = dict[str, str | None]
+
+
+def dead_letter(
+    point: str | None, key: str | None, location: str | None, why: Reason | str
+) -> DeadLetter:
+    """One dead-letter row: the row's identity and why it failed."""
+    parsed = why if isinstance(why, Reason) else Reason.decode(why)
+    return {
+        "point_id": point,
+        "row_key": key,
+        "source_location": location,
+        "stage": parsed.stage,
+        "error_class": parsed.error_class,
+        "error": parsed.message,
+    }
+
+
+def dead_letter_key(entry: DeadLetter) -> str:
+    """How a dead letter is counted in the report: `stage: ErrorClass`."""
+    return f"{entry['stage']}: {entry['error_class']}"
+
+
+# --- table helpers -----------------------------------------------------------------------
+
+
+def with_stage_seconds(table: pa.Table, column: str, seconds: float) -> pa.Table:
+    """A stage's time on this block, shared evenly over its rows, added to what an earlier
+    pass of the same stage spent on them."""
+    share = seconds / table.num_rows if table.num_rows else 0.0
+    if column in table.column_names:
+        index = table.column_names.index(column)
+        return table.set_column(index, column, pc.add(table.column(column), share))
+    return table.append_column(column, pa.array([share] * table.num_rows, pa.float64()))
+
+
+def with_vectors(
+    table: pa.Table, name: str, vectors: list[bytes | None], counts: list[int]
+) -> pa.Table:
+    """The table with a named vector's bytes and counts columns appended."""
+    return table.append_column(vectors_column(name), pa.array(vectors, pa.binary())).append_column(
+        count_column(name), pa.array(counts, pa.int32())
+    )
+
+
+def with_errors(table: pa.Table, errors: list[str | None]) -> pa.Table:
+    """The table with its ERROR column replaced (moved to the end)."""
+    return table.drop_columns([ERROR]).append_column(ERROR, pa.array(errors, pa.string()))
+
+
+def column_list(table: pa.Table, name: str, default: Any = None) -> list[Any]:
+    """A column as a Python list, or `default` for each row when the table lacks it."""
+    if name in table.column_names:
+        return table.column(name).to_pylist()
+    return [default] * table.num_rows
