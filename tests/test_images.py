@@ -367,6 +367,7 @@ def test_text_and_page_vectors_in_one_point(
         source={"text_column": "caption"},
         image={"pooled": False},
         embed={
+            "first_stage": "none",  # both models' vectors, and nothing else, in one point
             "model": "minilm-token",
             "cache_dir": onnx_cache,
             "cpus_per_actor": 0.5,

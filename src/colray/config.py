@@ -34,6 +34,7 @@ from colray.layout import image_vector_names
 ENV_PREFIX = "COLRAY_"
 ENV_NESTED_DELIMITER = "__"
 API_KEY_ENV = "COLRAY_SINK__API_KEY"
+MAX_DENSE_DIMS = 65_535  # Qdrant's limit for one dense vector
 
 
 class ConfigError(Exception):
@@ -159,6 +160,27 @@ class EmbedConfig(_Compute):
     cache_dir: str | None = Field(
         default=None, description="Where exported ONNX models are cached (~/.cache/colray)."
     )
+    first_stage: Literal["muvera", "none"] = Field(
+        default="muvera",
+        description="muvera: also store each document's MUVERA encoding (one dense vector, "
+        "HNSW) and keep the token vectors for reranking only (m=0), so large collections "
+        "index fast; queries prefetch on it and rerank by MaxSim. none: token vectors with "
+        "HNSW only (small collections).",
+    )
+    muvera_k_sim: int = Field(default=5, ge=1, le=12, description="MUVERA: 2**k_sim buckets.")
+    muvera_dim_proj: int = Field(
+        default=16, ge=1, description="MUVERA: dims each bucket is projected to."
+    )
+    muvera_r_reps: int = Field(default=20, ge=1, description="MUVERA: repetitions.")
+    muvera_seed: int = Field(default=42, description="MUVERA: random seed (fastembed's 42).")
+    prefetch_limit: int = Field(
+        default=200, gt=0, description="Query: candidates from the first stage to rerank."
+    )
+    datatype: Literal["float32", "float16"] = Field(
+        default="float32",
+        description="How the vectors are stored: float16 halves the storage (measured: no "
+        "loss in ranking).",
+    )
 
     @field_validator("model")
     @classmethod
@@ -169,6 +191,16 @@ class EmbedConfig(_Compute):
     @classmethod
     def _absolute_cache_dir(cls, value: str | None) -> str | None:
         return None if value is None else _absolute(value)
+
+    @model_validator(mode="after")
+    def _encoding_fits_qdrant(self) -> EmbedConfig:
+        size = self.muvera_r_reps * 2**self.muvera_k_sim * self.muvera_dim_proj
+        if self.first_stage == "muvera" and size > MAX_DENSE_DIMS:
+            raise ValueError(
+                f"embed.muvera_*: r_reps x 2**k_sim x dim_proj = {size} dims, more than "
+                f"Qdrant's {MAX_DENSE_DIMS} per dense vector"
+            )
+        return self
 
 
 class ImageConfig(_Compute):
@@ -207,6 +239,9 @@ class ImageConfig(_Compute):
         default=2.0, ge=1.0, description="Query: oversampling with binary quantization."
     )
     rescore: bool = Field(default=True, description="Query: rescore quantized candidates.")
+    datatype: Literal["float32", "float16"] = Field(
+        default="float32", description="How the page vectors are stored (float16: half)."
+    )
 
     @field_validator("model")
     @classmethod

@@ -204,7 +204,7 @@ def _matrices(
     for i, value in enumerate(values):
         if errors[i] is not None:
             continue
-        problem, matrix = _matrix(value, spec.dim)
+        problem, matrix = _matrix(value, spec.dim, dense=not spec.multivector)
         if problem:
             errors[i] = reason(READ, "BadVector", f"{spec.name!r}: {problem}")
         else:
@@ -212,7 +212,8 @@ def _matrices(
     return blobs, counts
 
 
-def _matrix(value: Any, dim: int) -> tuple[str | None, np.ndarray]:
+def _matrix(value: Any, dim: int, *, dense: bool) -> tuple[str | None, np.ndarray]:
+    """A cell as an (n, dim) float32 matrix (a dense vector: (1, dim)), or what is wrong."""
     empty = np.empty((0, dim), np.float32)
     if value is None:
         return "is null", empty
@@ -222,6 +223,10 @@ def _matrix(value: Any, dim: int) -> tuple[str | None, np.ndarray]:
         matrix = np.ascontiguousarray(np.asarray(value, np.float32))
     except (TypeError, ValueError) as exc:
         return f"is not a matrix of numbers ({exc})", empty
+    if dense:
+        if matrix.shape != (dim,):
+            return f"has shape {matrix.shape}, expected ({dim},)", empty
+        matrix = matrix[None]
     if matrix.ndim != 2 or matrix.shape[1] != dim:
         return f"has shape {matrix.shape}, expected (n, {dim})", empty
     if len(matrix) == 0:

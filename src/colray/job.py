@@ -62,10 +62,17 @@ def prepare_job(settings: Settings) -> Job:
 def _text_dim(settings: Settings) -> int:
     from colray.embed import load_embedder
 
+    cfg = settings.embed
     try:
-        return load_embedder(settings.embed).dim
+        dim = load_embedder(cfg).dim
     except (ValueError, OSError) as exc:
         raise ConfigError([f"embed.model: {exc}"]) from None
+    if cfg.first_stage == "muvera" and cfg.muvera_dim_proj > dim:
+        raise ConfigError(
+            [f"embed.muvera_dim_proj: {cfg.muvera_dim_proj} is more than the {dim} dims of "
+             f"{cfg.model}'s vectors (MUVERA projects to fewer)"]
+        )  # fmt: skip
+    return dim
 
 
 def _image_model(settings: Settings) -> ImageModelInfo:

@@ -133,15 +133,12 @@ class BlockWriter:
                 else:
                     outcome.dead_letters.append(rows.dead(i, why))
                 continue
-            vectors = {
-                s.name: np.frombuffer(rows.blobs[s.name][i], np.float32).reshape(
-                    rows.counts[s.name][i], s.dim
-                )
-                for s in self.layout
-            }
+            vectors = {s.name: self._vector(rows, s, i) for s in self.layout}
             too_big = next(
-                (n for n, v in vectors.items() if v.size > MAX_FLOATS_PER_MULTIVECTOR), None
-            )
+                (s.name for s in self.layout
+                 if s.multivector and vectors[s.name].size > MAX_FLOATS_PER_MULTIVECTOR),
+                None,
+            )  # fmt: skip
             if too_big is not None:
                 message = (
                     f"vector {too_big!r} has {vectors[too_big].size} floats, more than Qdrant's "
@@ -157,6 +154,14 @@ class BlockWriter:
             row_of[point_id] = i
             points.append(Point(point_id, vectors, self._payload(rows, i)))
         return points, row_of
+
+    @staticmethod
+    def _vector(rows: _Rows, spec: VectorSpec, i: int) -> np.ndarray:
+        """A row's named vector: an (n, dim) matrix, or a (dim,) dense vector."""
+        array = np.frombuffer(rows.blobs[spec.name][i], np.float32)
+        if not spec.multivector:
+            return array.reshape(spec.dim)
+        return array.reshape(rows.counts[spec.name][i], spec.dim)
 
     def _payload(self, rows: _Rows, i: int) -> dict[str, Any]:
         payload = {c: json_safe(rows.payloads[c][i]) for c in self.payload_columns}

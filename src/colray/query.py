@@ -4,13 +4,18 @@ plan (`colray.layout`) against its sink. No Ray, nothing of the ingest driver.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+
+import numpy as np
 
 from colray.config import ConfigError, Settings
 from colray.layout import (
     QueryPlan,
+    VectorSpec,
     image_layout,
     image_query_plan,
+    image_vector_names,
+    muvera_vector_name,
     searched_model,
     text_layout,
     text_query_plan,
@@ -27,13 +32,13 @@ def search(
         which = searched_model(settings, vector)
     except ValueError as exc:
         raise ConfigError([f"--vector: {exc}"]) from None
-    embedder, layout, plan = (
+    encode, layout, plan = (
         _image_query(settings, limit) if which == "image" else _text_query(settings, limit)
     )
     sink = open_sink(settings.sink, layout)
     try:
         sink.open_for_reading()
-        hits = sink.query(embedder.embed_query(text), plan, limit=limit)
+        hits = sink.query(encode(text), plan, limit=limit)
     except SinkError as exc:
         raise ConfigError([f"sink: {exc}"]) from None
     finally:
@@ -41,21 +46,32 @@ def search(
     return [Hit(h.id, h.score, h.payload) for h in hits]
 
 
-def _text_query(settings: Settings, limit: int) -> tuple[Any, list[Any], QueryPlan]:
-    from colray.embed import load_embedder
+QueryEncoder = Callable[[str], dict[str, np.ndarray]]
 
+
+def _text_query(settings: Settings, limit: int) -> tuple[QueryEncoder, list[VectorSpec], QueryPlan]:
+    from colray.embed import load_embedder
+    from colray.embed.muvera import muvera_for
+
+    cfg = settings.embed
     try:
-        embedder = load_embedder(settings.embed)
+        embedder = load_embedder(cfg)
     except (ValueError, OSError) as exc:
         raise ConfigError([f"embed.model: {exc}"]) from None
-    return (
-        embedder,
-        text_layout(settings.embed, embedder.dim),
-        text_query_plan(settings.embed, limit),
-    )
+    muvera = muvera_for(cfg, embedder.dim) if cfg.first_stage == "muvera" else None
+
+    def encode(text: str) -> dict[str, np.ndarray]:
+        tokens = embedder.embed_query(text)
+        if muvera is None:
+            return {cfg.vector_name: tokens}
+        return {cfg.vector_name: tokens, muvera_vector_name(cfg): muvera.encode_query(tokens)}
+
+    return encode, text_layout(cfg, embedder.dim), text_query_plan(cfg, limit)
 
 
-def _image_query(settings: Settings, limit: int) -> tuple[Any, list[Any], QueryPlan]:
+def _image_query(
+    settings: Settings, limit: int
+) -> tuple[QueryEncoder, list[VectorSpec], QueryPlan]:
     from colray.embed.colpali import ColPaliFamilyEmbedder, describe_image_model
 
     image = settings.image
@@ -66,4 +82,9 @@ def _image_query(settings: Settings, limit: int) -> tuple[Any, list[Any], QueryP
     except (ValueError, OSError) as exc:
         raise ConfigError([f"image.model: {exc}"]) from None
     embedder = ColPaliFamilyEmbedder(info, image)
-    return embedder, image_layout(image, info.dim), image_query_plan(image, limit)
+
+    def encode(text: str) -> dict[str, np.ndarray]:
+        tokens = embedder.embed_query(text)
+        return {name: tokens for name in image_vector_names(image)}
+
+    return encode, image_layout(image, info.dim), image_query_plan(image, limit)

@@ -11,9 +11,10 @@ import os
 from typing import Any
 
 from colray.config import Settings
+from colray.job import prepare_job
 from colray.pipeline import run_ingest
 from colray.report import RunReport
-from colray.sink import Versions, new_version_name, open_versions
+from colray.sink import Versions, new_version_name, open_sink, open_versions
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,10 @@ def reindex(
     try:
         versions = open_versions(cfg, client)
         live = versions.live()
+        migrating: list[str] = []
         if incremental and live is not None:
+            migrating = _layout_changes(settings, versions, live, client)
+        if incremental and live is not None and not migrating:
             report = _ingest_into(settings, versions, live, report_path, True, client)
             report.reindex = _summary(cfg.kind, versions, "incremental", live, live, [])
         else:
@@ -56,6 +60,8 @@ def reindex(
             versions.switch(version)
             dropped = _retire(versions, version, live, cfg.keep_versions)
             report.reindex = _summary(cfg.kind, versions, "rebuild", version, live, dropped)
+            if migrating:
+                report.reindex["layout_changed"] = migrating
         report.save()
         return report
     finally:
@@ -73,6 +79,24 @@ def _ingest_into(
 ) -> RunReport:
     versioned = settings.model_copy(update={"sink": versions.sink_for(version)})
     return run_ingest(versioned, report_path, incremental=incremental, client=client)
+
+
+def _layout_changes(settings: Settings, versions: Versions, live: str, client: Any) -> list[str]:
+    """How the live version's vectors differ from this job's (none: it can be updated in place).
+    A store of another layout (a colray upgrade, a new model) is rebuilt whole instead."""
+    job = prepare_job(settings)
+    store = open_sink(versions.sink_for(live), job.layout, client)
+    try:
+        changes = store.layout_problems()
+    finally:
+        store.close()
+    if changes:
+        log.warning(
+            "the live version %s has another vector layout (%s): rebuilding it in full",
+            live,
+            "; ".join(changes),
+        )
+    return changes
 
 
 def _retire(versions: Versions, new: str, previous: str | None, keep: int) -> list[str]:

@@ -29,8 +29,10 @@ HASH = "_colray_hash"
 # travel with the data instead of through a separate actor.
 READ_SECONDS = "_colray_read_s"
 DECODE_SECONDS = "_colray_decode_s"
-EMBED_SECONDS = "_colray_embed_s"
-STAGE_SECONDS = {"read": READ_SECONDS, "decode": DECODE_SECONDS, "embed": EMBED_SECONDS}
+EMBED_SECONDS = "_colray_embed_s"  # the whole embedding stage, its first-stage encoding too
+FIRST_STAGE_SECONDS = "_colray_first_stage_s"  # of which: the MUVERA encodings
+STAGE_SECONDS = {"read": READ_SECONDS, "decode": DECODE_SECONDS, "embed": EMBED_SECONDS,
+                 "first_stage": FIRST_STAGE_SECONDS}  # fmt: skip
 
 # Set by the text embedder: the text was longer than the model reads (kept, and flagged).
 TRUNCATED = "_colray_truncated"

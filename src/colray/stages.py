@@ -17,12 +17,14 @@ import ray
 from colray.config import EmbedConfig, ImageConfig
 from colray.embed import DocumentVectors, load_embedder
 from colray.embed.colpali import ImageModelInfo, PageEmbedding, pool_by_rows_and_columns
+from colray.embed.muvera import muvera_for
 from colray.embed.pooling import pool_tokens
-from colray.layout import image_vector_names
+from colray.layout import image_vector_names, muvera_vector_name
 from colray.rows import (
     EMBED,
     EMBED_SECONDS,
     ERROR,
+    FIRST_STAGE_SECONDS,
     HEIGHT,
     PIXELS,
     TRUNCATED,
@@ -51,6 +53,7 @@ class EmbedStage:
         self.cfg = cfg
         self.text_column = text_column
         self.embedder = load_embedder(cfg, use_gpu=cfg.num_gpus > 0)
+        self.muvera = muvera_for(cfg, self.embedder.dim) if cfg.first_stage == "muvera" else None
         wait_for_sink(sink_ready)
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -67,8 +70,7 @@ class EmbedStage:
                 errors[i] = reason(EMBED, "EmptyText", "text is empty or only whitespace")
             else:
                 todo.append(i)
-        vectors: list[bytes | None] = [None] * len(texts)
-        counts = [0] * len(texts)
+        matrices: dict[int, np.ndarray] = {}
         truncated = [False] * len(texts)
         results = embed_isolating(self._encode, [texts[i] for i in todo])
         for i, result in zip(todo, results, strict=True):
@@ -77,10 +79,17 @@ class EmbedStage:
             elif len(result.vectors) == 0:
                 errors[i] = reason(EMBED, "NoTokens", "no tokens left to embed")
             else:
-                vectors[i], counts[i] = result.vectors.tobytes(), len(result.vectors)
-                truncated[i] = result.truncated
-        out = with_vectors(with_errors(table, errors), self.cfg.vector_name, vectors, counts)
+                matrices[i], truncated[i] = result.vectors, result.truncated
+        out = with_errors(table, errors)
+        out = _with_arrays(out, self.cfg.vector_name, matrices, len(texts))
+        first_stage_s = 0.0
+        if self.muvera is not None:
+            began = time.perf_counter()
+            encoded = {i: self.muvera.encode_document(m)[None] for i, m in matrices.items()}
+            first_stage_s = time.perf_counter() - began
+            out = _with_arrays(out, muvera_vector_name(self.cfg), encoded, len(texts))
         out = out.append_column(TRUNCATED, pa.array(truncated, pa.bool_()))
+        out = with_stage_seconds(out, FIRST_STAGE_SECONDS, first_stage_s)
         return with_stage_seconds(out, EMBED_SECONDS, time.perf_counter() - start)
 
     def _encode(self, texts: list[str]) -> list[DocumentVectors]:
@@ -89,6 +98,15 @@ class EmbedStage:
             documents = [d._replace(vectors=pool_tokens(d.vectors, self.cfg.pool_factor))
                          for d in documents]  # fmt: skip
         return documents
+
+
+def _with_arrays(table: pa.Table, name: str, arrays: dict[int, np.ndarray], rows: int) -> pa.Table:
+    """The table with a named vector's columns for the rows in `arrays` (the others null)."""
+    blobs: list[bytes | None] = [None] * rows
+    counts = [0] * rows
+    for i, array in arrays.items():
+        blobs[i], counts[i] = array.tobytes(), len(array)
+    return with_vectors(table, name, blobs, counts)
 
 
 def embed_isolating(embed: Callable[[list[T]], Sequence[R]], items: list[T]) -> list[R | str]:

@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import decimal
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,6 +56,12 @@ def wire_id(point_id: str) -> str | int:
     return int(point_id) if point_id.isdigit() else point_id
 
 
+def query_for(query: np.ndarray | Mapping[str, np.ndarray], vector: str) -> list[Any]:
+    """The query for one named vector: its own entry of a mapping, else the one array."""
+    chosen = query[vector] if isinstance(query, Mapping) else query
+    return np.asarray(chosen, np.float32).tolist()
+
+
 def hit_from_record(point: Any) -> Hit:
     """A scored point or record from either engine (both carry id, score, payload, vector)."""
     vectors = point.vector if isinstance(point.vector, dict) else None
@@ -89,12 +96,28 @@ class Sink(Protocol):
 
     def count(self) -> int: ...
 
+    def layout_problems(self) -> list[str]:
+        """How an existing store's vectors differ from the layout; [] if none or no store."""
+        ...
+
     def query(
-        self, vector: np.ndarray, plan: QueryPlan, *, limit: int, with_vectors: bool = False
-    ) -> list[Hit]: ...
+        self,
+        query: np.ndarray | Mapping[str, np.ndarray],
+        plan: QueryPlan,
+        *,
+        limit: int,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
+        """Search by `plan`; `query` is one array for every vector it names, or one per name
+        (a multivector for MaxSim, a dense vector for a MUVERA prefetch)."""
+        ...
+
+    def points(self, *, with_vectors: bool = True) -> Iterator[Hit]:
+        """Every point, streamed a page at a time."""
+        ...
 
     def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
-        """Every point (tests and small stores only)."""
+        """Every point at once (tests and small stores)."""
         ...
 
     def stored_hashes(self) -> dict[str, str | None]:

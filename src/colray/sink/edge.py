@@ -5,12 +5,13 @@ One process may hold a store directory at a time, so a job has exactly one Edge 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from colray.config import SinkConfig
-from colray.layout import QueryPlan, VectorSpec
+from colray.layout import MIGRATE_HINT, QueryPlan, VectorSpec, layout_problems
 from colray.sink import (
     HASH_PAYLOAD_KEY,
     SCROLL_PAGE,
@@ -27,6 +28,7 @@ from colray.sink import (
     Point,
     SinkError,
     hit_from_record,
+    query_for,
     stored_hash,
     wire_id,
 )
@@ -37,17 +39,47 @@ INDEXING_OFF = 0
 NO_GRAPH = qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000)
 
 
+DISTANCES = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
+DATATYPES = {
+    "float32": qe.VectorStorageDatatype.Float32,
+    "float16": qe.VectorStorageDatatype.Float16,
+}
+CONFIG_FILE = "edge_config.json"  # where Edge keeps a store's configuration
+
+
 def _vector_params(spec: VectorSpec) -> qe.EdgeVectorParams:
     return qe.EdgeVectorParams(
         size=spec.dim,
-        distance=qe.Distance.Cosine,
+        distance=DISTANCES[spec.distance],
         on_disk=spec.on_disk or None,
-        multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+        multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
+        if spec.multivector
+        else None,
         hnsw_config=None if spec.hnsw else NO_GRAPH,
         quantization_config=(
             qe.BinaryQuantizationConfig(always_ram=True) if spec.binary_quantization else None
         ),
+        datatype=DATATYPES[spec.datatype] if spec.datatype != "float32" else None,
     )
+
+
+def stored_layout(path: Path) -> dict[str, VectorSpec] | None:
+    """The store's vectors as its configuration file describes them; None if unreadable."""
+    try:
+        vectors = json.loads((path / CONFIG_FILE).read_text())["vectors"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {
+        name: VectorSpec(
+            name,
+            int(params["size"]),
+            hnsw=(params.get("hnsw_config") or {}).get("m") != 0,
+            multivector=params.get("multivector_config") is not None,
+            distance=str(params.get("distance", "")).lower(),  # type: ignore[arg-type]
+            datatype=str(params.get("datatype") or "float32").lower(),  # type: ignore[arg-type]
+        )
+        for name, params in vectors.items()
+    }
 
 
 class EdgeSink:
@@ -75,13 +107,32 @@ class EdgeSink:
     def prepare(self) -> None:
         config = self._config(INDEXING_OFF)
         if self._has_data():
+            # Edge itself would accept some differences (HNSW on or off) and rewrite the
+            # store's configuration to the job's: compare first, as against a server.
+            self._check_layout(for_writing=True)
             self.shard = self._load(config)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self.shard = qe.EdgeShard.create(str(self.path), config)
 
     def open_for_reading(self) -> None:
+        self._check_layout(for_writing=False)
         self.shard = self._load(None)
+
+    def layout_problems(self, *, for_writing: bool = True) -> list[str]:
+        found = stored_layout(self.path)
+        if found is None:  # no store, or no readable configuration: Edge's check on load decides
+            return []
+        return layout_problems(self.layout, found, for_writing=for_writing)
+
+    def _check_layout(self, *, for_writing: bool) -> None:
+        problems = self.layout_problems(for_writing=for_writing)
+        if problems:
+            raise SinkError(
+                f"the Edge store at {self.path} has an incompatible layout: "
+                + "; ".join(problems)
+                + f". {MIGRATE_HINT}"
+            )
 
     def _load(self, config: qe.EdgeConfig | None) -> qe.EdgeShard:
         try:
@@ -92,8 +143,7 @@ class EdgeSink:
                 wanted = ", ".join(f"{s.name}: {s.dim} dims" for s in self.layout)
                 raise SinkError(
                     f"the Edge store at {self.path} has an incompatible layout for this job "
-                    f"(wanted {wanted}, MaxSim, cosine): {text}. Use a new sink.path or the "
-                    "model the store was built with."
+                    f"(wanted {wanted}): {text}. {MIGRATE_HINT}"
                 ) from None
             if "WouldBlock" in text:
                 raise SinkError(
@@ -130,9 +180,13 @@ class EdgeSink:
         return self._open().count(qe.CountRequest(exact=True))
 
     def query(
-        self, vector: np.ndarray, plan: QueryPlan, *, limit: int, with_vectors: bool = False
+        self,
+        query: np.ndarray | Mapping[str, np.ndarray],
+        plan: QueryPlan,
+        *,
+        limit: int,
+        with_vectors: bool = False,
     ) -> list[Hit]:
-        matrix = np.asarray(vector, np.float32)
         quantization = (
             None
             if plan.oversampling is None and plan.rescore is None
@@ -140,9 +194,12 @@ class EdgeSink:
         )
         request = qe.QueryRequest(
             limit=limit,
-            query=qe.Query.Nearest(matrix, using=plan.using),
+            query=qe.Query.Nearest(query_for(query, plan.using), using=plan.using),
             prefetches=[
-                qe.Prefetch(limit=plan.prefetch_limit, query=qe.Query.Nearest(matrix, using=name))
+                qe.Prefetch(
+                    limit=plan.prefetch_limit,
+                    query=qe.Query.Nearest(query_for(query, name), using=name),
+                )
                 for name in plan.prefetch
             ]
             or None,
@@ -163,11 +220,11 @@ class EdgeSink:
             if offset is None:
                 return
 
+    def points(self, *, with_vectors: bool = True) -> Iterator[Hit]:
+        return (hit_from_record(r) for r in self._scroll(256, with_payload=True, with_vector=with_vectors))
+
     def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
-        return [
-            hit_from_record(r)
-            for r in self._scroll(256, with_payload=True, with_vector=with_vectors)
-        ]
+        return list(self.points(with_vectors=with_vectors))
 
     def stored_hashes(self) -> dict[str, str | None]:
         only_hash = qe.PayloadSelector.Include([HASH_PAYLOAD_KEY])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
@@ -20,7 +20,7 @@ from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from colray.config import SinkConfig
-from colray.layout import QueryPlan, VectorSpec
+from colray.layout import MIGRATE_HINT, QueryPlan, VectorSpec, layout_problems
 from colray.rows import short
 from colray.sink import (
     HASH_PAYLOAD_KEY,
@@ -31,6 +31,7 @@ from colray.sink import (
     RetriesExhausted,
     SinkError,
     hit_from_record,
+    query_for,
     stored_hash,
     wire_id,
 )
@@ -61,20 +62,39 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError | TimeoutError)
 
 
+DISTANCES = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT}
+DATATYPES = {"float32": models.Datatype.FLOAT32, "float16": models.Datatype.FLOAT16}
+
+
 def vector_params(spec: VectorSpec) -> models.VectorParams:
     return models.VectorParams(
         size=spec.dim,
-        distance=models.Distance.COSINE,
+        distance=DISTANCES[spec.distance],
         on_disk=spec.on_disk or None,
-        multivector_config=models.MultiVectorConfig(
-            comparator=models.MultiVectorComparator.MAX_SIM
-        ),
+        multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
+        if spec.multivector
+        else None,
         hnsw_config=None if spec.hnsw else models.HnswConfigDiff(m=0),
         quantization_config=(
             models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
             if spec.binary_quantization
             else None
         ),
+        datatype=DATATYPES[spec.datatype] if spec.datatype != "float32" else None,
+    )
+
+
+def stored_spec(name: str, params: models.VectorParams) -> VectorSpec:
+    """A collection's vector as colray describes it, to compare with a job's layout."""
+    distance = {v: k for k, v in DISTANCES.items()}.get(params.distance, str(params.distance))
+    datatype = {v: k for k, v in DATATYPES.items()}.get(params.datatype, str(params.datatype))
+    return VectorSpec(
+        name,
+        params.size,
+        hnsw=not (params.hnsw_config is not None and params.hnsw_config.m == 0),
+        multivector=params.multivector_config is not None,
+        distance=distance,  # type: ignore[arg-type]
+        datatype="float32" if params.datatype is None else datatype,  # type: ignore[arg-type]
     )
 
 
@@ -180,32 +200,24 @@ class QdrantSink:
     def open_for_reading(self) -> None:
         if not self._exists():
             raise SinkError(f"collection {self.collection!r} does not exist")
-        self._check_layout()
+        self._check_layout(for_writing=False)
 
-    def _check_layout(self) -> None:
+    def layout_problems(self, *, for_writing: bool = True) -> list[str]:
+        if not self._exists():
+            return []
         info = self._call(self.client.get_collection, self.collection)
         existing = info.config.params.vectors
         existing = existing if isinstance(existing, dict) else {"": existing}
-        problems = []
-        for spec in self.layout:
-            params = existing.get(spec.name)
-            if params is None:
-                problems.append(
-                    f"no vector named {spec.name!r} (has: {', '.join(existing) or 'none'})"
-                )
-                continue
-            if params.size != spec.dim:
-                problems.append(f"{spec.name!r} has {params.size} dims, the model gives {spec.dim}")
-            if params.distance != models.Distance.COSINE:
-                problems.append(f"{spec.name!r} uses {params.distance}, expected Cosine")
-            comparator = params.multivector_config.comparator if params.multivector_config else None
-            if comparator != models.MultiVectorComparator.MAX_SIM:
-                problems.append(f"{spec.name!r} is not a MaxSim multivector")
+        found = {name: stored_spec(name, params) for name, params in existing.items()}
+        return layout_problems(self.layout, found, for_writing=for_writing)
+
+    def _check_layout(self, *, for_writing: bool = True) -> None:
+        problems = self.layout_problems(for_writing=for_writing)
         if problems:
             raise SinkError(
                 f"collection {self.collection!r} exists with an incompatible layout: "
                 + "; ".join(problems)
-                + ". Use another sink.collection or the model it was built with."
+                + f". {MIGRATE_HINT}"
             )
 
     def write(self, points: list[Point]) -> None:
@@ -259,9 +271,13 @@ class QdrantSink:
         return self._call(self.client.count, self.collection, exact=True).count
 
     def query(
-        self, vector: np.ndarray, plan: QueryPlan, *, limit: int, with_vectors: bool = False
+        self,
+        query: np.ndarray | Mapping[str, np.ndarray],
+        plan: QueryPlan,
+        *,
+        limit: int,
+        with_vectors: bool = False,
     ) -> list[Hit]:
-        matrix = np.asarray(vector, np.float32).tolist()
         quantization = (
             None
             if plan.oversampling is None and plan.rescore is None
@@ -273,11 +289,11 @@ class QdrantSink:
             self.client.query_points,
             self.collection,
             prefetch=[
-                models.Prefetch(query=matrix, using=name, limit=plan.prefetch_limit)
+                models.Prefetch(query=query_for(query, name), using=name, limit=plan.prefetch_limit)
                 for name in plan.prefetch
             ]
             or None,
-            query=matrix,
+            query=query_for(query, plan.using),
             using=plan.using,
             limit=limit,
             search_params=models.SearchParams(quantization=quantization) if quantization else None,
@@ -297,11 +313,11 @@ class QdrantSink:
             if offset is None:
                 return
 
+    def points(self, *, with_vectors: bool = True) -> Iterator[Hit]:
+        return (hit_from_record(r) for r in self._scroll(256, with_payload=True, with_vectors=with_vectors))
+
     def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
-        return [
-            hit_from_record(r)
-            for r in self._scroll(256, with_payload=True, with_vectors=with_vectors)
-        ]
+        return list(self.points(with_vectors=with_vectors))
 
     def stored_hashes(self) -> dict[str, str | None]:
         only_hash = models.PayloadSelectorInclude(include=[HASH_PAYLOAD_KEY])
