@@ -50,3 +50,23 @@ def tiny_colbert(tmp_path_factory: pytest.TempPathFactory, module_docs):
 
     corpus = [d["text"] for d in module_docs[:200]]
     return build_tiny_colbert(corpus, tmp_path_factory.mktemp("models") / "tiny-colbert")
+
+
+@pytest.fixture(scope="session")
+def vision_models(tmp_path_factory) -> dict[str, Path]:
+    from tiny_vision_models import build_tiny_colpali, build_tiny_colqwen2, build_tiny_colqwen2_5
+
+    root = tmp_path_factory.mktemp("vision-models")
+    return {
+        "colqwen2": build_tiny_colqwen2(root / "colqwen2"),
+        "colqwen2_5": build_tiny_colqwen2_5(root / "colqwen2_5"),
+        "colpali": build_tiny_colpali(root / "colpali"),
+    }
+
+
+@pytest.fixture(scope="session")
+def page_corpus(tmp_path_factory) -> Path:
+    """Good and bad page images in the HF `Image` layout (see page_data.py)."""
+    from page_data import write_page_corpus
+
+    return write_page_corpus(tmp_path_factory.mktemp("pages") / "pages")

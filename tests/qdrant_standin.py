@@ -56,14 +56,18 @@ class Faults:
     injected: Counter[str] = field(default_factory=Counter)
     # A stretch of requests that all fail (a server that went away for a while).
     outage: int = 0
+    # Point ids whose upserts always fail (503): batches that never get through.
+    fail_points: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
-    def roll(self, path: str) -> tuple[str | None, bool]:
+    def roll(self, path: str, body: bytes = b"") -> tuple[str | None, bool]:
         """(kind of failure or None, whether to apply the request first)."""
         if not any(p in path for p in self.paths):
             return None, False
+        if self.fail_points and any(pid.encode() in body for pid in self.fail_points):
+            return "503", False
         if self.outage > 0:
             self.outage -= 1
             return "503", False
@@ -163,7 +167,7 @@ class QdrantStandIn:
                     f"JSON payload ({len(body)} bytes) is larger than allowed "
                     f"(limit: {MAX_BODY_BYTES} bytes).",
                 )
-            kind, apply_first = self.faults.roll(request.path)
+            kind, apply_first = self.faults.roll(request.path, body)
             if kind is not None and apply_first:
                 self._route(request.method, request.path, request.query, body)
             if kind is not None:
@@ -280,20 +284,28 @@ class QdrantStandIn:
             self.yellow_until[name] = time.monotonic() + self.yellow_for_s
         return self.engine.update_collection(name, optimizers_config=request.optimizers_config)
 
-    def _indexing(self, name: str) -> bool:
-        return self.never_green or time.monotonic() < self.yellow_until.get(name, 0.0)
+    def _indexing(self, name: str) -> float | None:
+        """While the collection indexes, the share of its points still queued; else None."""
+        if self.never_green:
+            return 1.0
+        left = self.yellow_until.get(name, 0.0) - time.monotonic()
+        if left <= 0:
+            return None
+        return left / self.yellow_for_s
 
     def _info(self, name: str, data: Any, query: Any) -> Any:
         info = self.engine.get_collection(name)
-        if self._indexing(name):
+        queued = self._indexing(name)
+        if queued is not None:
             info.status = models.CollectionStatus.YELLOW
-            info.indexed_vectors_count = (info.points_count or 0) // 2
+            info.indexed_vectors_count = int((info.points_count or 0) * (1 - queued))
         return _dump(info)
 
     def _optimizations(self, name: str, data: Any, query: Any) -> Any:
-        points = self.engine.count(name).count if self._indexing(name) else 0
-        summary = {"queued_optimizations": int(bool(points)), "queued_segments": int(bool(points)),
-                   "queued_points": points, "idle_segments": 1}  # fmt: skip
+        share = self._indexing(name)
+        queued = round(self.engine.count(name).count * share) if share is not None else 0
+        summary = {"queued_optimizations": int(bool(queued)), "queued_segments": int(bool(queued)),
+                   "queued_points": queued, "idle_segments": 1}  # fmt: skip
         return {"summary": summary, "running": []}
 
     def _upsert(self, name: str, data: Any, query: Any) -> Any:

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -58,8 +59,14 @@ def stop_cluster(temp_dir: str, gcs_port: int) -> None:
         process.kill()
 
 
+class ClusterAddress(str):
+    """The dashboard address of the test's cluster, which can also start worker nodes."""
+
+    start_worker: Any
+
+
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
+def ray_cluster() -> Iterator[ClusterAddress]:
     """`ray start --head` and a second `ray start --address=...`: two raylets, one machine."""
     # Unix socket paths are short: the session lives under /tmp, not pytest's deep tmp_path.
     temp_dir = tempfile.mkdtemp(prefix="colray-rc", dir="/tmp")
@@ -82,6 +89,15 @@ def ray_cluster() -> Iterator[str]:
     }
     env.pop("RAY_ADDRESS", None)
     common = ["--disable-usage-stats", "--object-store-memory=200000000"]
+
+    def start_worker() -> None:
+        # Four logical CPUs on two cores: two jobs at once fit on one worker node.
+        subprocess.run(
+            [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=4", *agent_ports(),
+             *common],
+            env=env, check=True, capture_output=True, timeout=180,
+        )  # fmt: skip
+
     try:
         subprocess.run(
             [ray, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard_port}",
@@ -90,22 +106,23 @@ def ray_cluster() -> Iterator[str]:
              *agent_ports(), *common],
             env=env, check=True, capture_output=True, timeout=180,
         )  # fmt: skip
-        subprocess.run(
-            [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", *agent_ports(),
-             *common],
-            env=env, check=True, capture_output=True, timeout=180,
-        )  # fmt: skip
-        address = f"http://127.0.0.1:{dashboard_port}"
-        from ray.util.state import list_nodes
-
-        deadline = time.monotonic() + 120
-        while len([n for n in list_nodes(address=address) if n.state == "ALIVE"]) < 2:
-            assert time.monotonic() < deadline, "the second raylet never joined"
-            time.sleep(1)
+        start_worker()
+        address = ClusterAddress(f"http://127.0.0.1:{dashboard_port}")
+        address.start_worker = start_worker
+        wait_for_alive_nodes(address, 2)
         yield address
     finally:
         stop_cluster(temp_dir, port)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for_alive_nodes(address: str, count: int, timeout_s: float = 120) -> None:
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + timeout_s
+    while len([n for n in list_nodes(address=address) if n.state == "ALIVE"]) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} nodes alive"
+        time.sleep(1)
 
 
 @pytest.fixture
@@ -256,3 +273,188 @@ def test_a_config_outside_the_working_dir_is_refused(tmp_path, capsys):
                  "--working-dir", str(project)])  # fmt: skip
     assert code == 2
     assert "outside the working directory" in capsys.readouterr().err
+
+
+def kill_worker_raylets(address: str) -> list[str]:
+    """SIGKILL the raylet of every node but the head, as a machine that died would leave it."""
+    from ray.util.state import list_nodes
+
+    workers = [n.node_id for n in list_nodes(address=address)
+               if n.state == "ALIVE" and not n.is_head_node]  # fmt: skip
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "raylet" in cmdline and any(f"--node_id={node}" in cmdline for node in workers):
+            process.kill()
+    return workers
+
+
+@pytest.mark.slow
+def test_jobs_survive_losing_their_worker_node(ray_cluster, tmp_path, onnx_cache):
+    """Two jobs at once, one writing a local store from its driver, one writing a Qdrant server
+    through writer actors that sit on the worker node: that node's raylet is SIGKILLed mid-run,
+    a replacement joins, and both finish with every row exactly once."""
+    from qdrant_client import QdrantClient
+    from ray.util.state import list_actors
+
+    from colray.demo import stdlib_docstrings, write_corpus
+    from qdrant_standin import QdrantStandIn
+
+    rows = list(stdlib_docstrings())[:700]
+    corpus = write_corpus(rows, tmp_path / "docs", rows_per_file=100)
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "jobs", project / "jobs")
+    base = {
+        "source": {"path": str(corpus), "text_column": "text", "id_column": "doc_id",
+                   "rows_per_block": 8},
+        "embed": {"model": "minilm-token", "cache_dir": onnx_cache, "rows_per_call": 8,
+                  "cpus_per_actor": 0.5, "threads_per_actor": 1},
+        "run": {"progress": False},
+    }  # fmt: skip
+    with QdrantStandIn() as server:
+        configs = {
+            "local": {**base, "sink": {"kind": "edge", "path": str(tmp_path / "store")},
+                      "run": {**base["run"], "dir": str(tmp_path / "runs-local")}},
+            "server": {**base, "sink": {"kind": "qdrant", "url": server.url, "collection": "docs",
+                                        "writers": 2, "cpus_per_writer": 0.25, "batch_size": 8},
+                       "run": {**base["run"], "dir": str(tmp_path / "runs-server")}},
+        }  # fmt: skip
+        jobs = {}
+        for name, config in configs.items():
+            (project / f"{name}.yaml").write_text(json.dumps(config))
+            jobs[name] = cluster.submit(address=ray_cluster, config=str(project / f"{name}.yaml"),
+                                        working_dir=str(project)).submission_id  # fmt: skip
+        reader = QdrantClient(url=server.url, timeout=10)
+
+        def progress() -> tuple[int, int]:
+            logs = list((tmp_path / "runs-local").glob("resume/*/done.log"))
+            local = len(logs[0].read_text().splitlines()) if logs else 0
+            try:
+                remote = reader.count("docs").count
+            except Exception:  # the collection is not there yet
+                remote = 0
+            return local, remote
+
+        deadline = time.monotonic() + 300
+        while min(progress()) < 40:
+            states = [cluster.job_state(ray_cluster, j).status for j in jobs.values()]
+            assert not set(states) & cluster.TERMINAL, (states, progress())
+            assert time.monotonic() < deadline, f"no progress: {progress()}"
+            time.sleep(0.5)
+        # While they run, `colray status` shows each job's progress as it grows.
+        first = cluster.job_state(ray_cluster, jobs["local"]).progress
+        second = first
+        deadline = time.monotonic() + 90  # the job prints its progress every 5 s at most
+        while second == first and time.monotonic() < deadline:
+            time.sleep(1)
+            second = cluster.job_state(ray_cluster, jobs["local"]).progress
+        assert first and second and second["rows_done"] > first["rows_done"], (first, second)
+        assert second["phase"] == "loading" and second["rows_total"] == len(rows)
+        assert second["eta_s"] is not None and second["rows_per_s"] > 0
+        shown = cluster.describe_progress(second)
+        assert "rows done" in shown and "ETA" in shown and "rows/s over the last minute" in shown
+        before = progress()
+        lost = kill_worker_raylets(ray_cluster)
+        assert lost, "no worker node to kill"
+        ray_cluster.start_worker()
+        states = {name: wait_for_end(ray_cluster, j, timeout_s=500) for name, j in jobs.items()}
+        for name, state in states.items():
+            assert state.status == "SUCCEEDED", cluster.job_logs(ray_cluster, jobs[name])[-3000:]
+            report = state.report
+            assert report["rows_read"] == report["points_written"] == len(rows), (name, report)
+            assert report["points_in_store"] == len(rows) and report["dead_lettered"] == 0
+        assert max(before) < len(rows)  # the node died mid-run
+        records, _ = reader.scroll("docs", limit=10_000, with_payload=True)
+        keys = [r.payload["_colray"]["key"] for r in records]
+        assert len(keys) == len(set(keys)) == len(rows)
+        reader.close()
+    store = open_sink(load_settings_of(project / "local.yaml").sink, [])
+    store.open_for_reading()
+    local_keys = [h.payload["_colray"]["key"] for h in store.retrieve_all(with_vectors=False)]
+    store.close()
+    assert len(local_keys) == len(set(local_keys)) == len(rows)
+    # The server job's writers reserve CPUs, which only the lost node had: they were on it,
+    # and Ray restarted them on the replacement.
+    writers = [a for a in list_actors(address=ray_cluster, detail=True, limit=10_000)
+               if a.class_name == "SinkWriter"]  # fmt: skip
+    assert len(writers) == 2 and all((a.num_restarts or 0) >= 1 for a in writers), writers
+
+
+def load_settings_of(path: Path):
+    from colray.config import load_settings
+
+    return load_settings(str(path))
+
+
+def test_a_forwarded_override_is_another_scheduled_job(tmp_path, monkeypatch):
+    config = tmp_path / "job.yaml"
+    config.write_text("source: {path: d, text_column: t}\nsink: {kind: edge, path: s}\n")
+    argv = ["python", "jobs/ingest.py", "--config", "job.yaml"]
+    monkeypatch.delenv("COLRAY_EMBED__BATCH_SIZE", raising=False)
+    plain = cluster.slot_submission_id("ingest", config, argv, "20261124t0300z")
+    monkeypatch.setenv("COLRAY_EMBED__BATCH_SIZE", "16")
+    overridden = cluster.slot_submission_id("ingest", config, argv, "20261124t0300z")
+    assert overridden != plain
+    assert overridden == cluster.slot_submission_id("ingest", config, argv, "20261124t0300z")
+    monkeypatch.setenv("COLRAY_SINK__API_KEY", "not part of the job")
+    assert cluster.slot_submission_id("ingest", config, argv, "20261124t0300z") == overridden
+
+
+@contextlib.contextmanager
+def refusing_dashboard() -> Iterator[str]:
+    """A Ray dashboard's job API, over real HTTP, that takes the upload and refuses the job."""
+    import asyncio
+    import threading
+
+    import ray
+    from aiohttp import web
+
+    async def version(request: web.Request) -> web.Response:
+        return web.json_response({"version": "4", "ray_version": ray.__version__,
+                                  "ray_commit": ray.__commit__, "session_name": "s"})  # fmt: skip
+
+    async def package(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=404 if request.method == "GET" else 200)
+
+    async def jobs(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="Internal Server Error: the job manager is down")
+
+    loop = asyncio.new_event_loop()
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_get("/api/version", version)
+    app.router.add_route("*", "/api/packages/{tail:.*}", package)
+    app.router.add_post("/api/jobs/", jobs)
+    runner = web.AppRunner(app, access_log=None)
+    port = free_port()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def test_a_refusal_from_the_dashboard_is_one_line_and_exit_1(tmp_path, capsys):
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "jobs", project / "jobs")
+    config = project / "job.yaml"
+    config.write_text(
+        "source: {path: data.parquet, text_column: text}\nsink: {kind: edge, path: store}\n"
+    )
+    with refusing_dashboard() as address:
+        code = main(["submit", "--address", address, "-c", str(config),
+                     "--working-dir", str(project)])  # fmt: skip
+    assert code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("colray:")]
+    assert len(err) == 1 and err[0].startswith("colray: the Ray dashboard at http://127.0.0.1:")
+    assert "refused to submit the job: HTTP 500" in err[0] and "job manager is down" in err[0]

@@ -3,7 +3,6 @@ image and text+image pipelines on both sink engines."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -24,29 +23,7 @@ from colray.embed.colpali import (
 )
 from colray.job import prepare_job
 from colray.sink import open_sink
-
-
-@pytest.fixture(scope="session")
-def vision_models(tmp_path_factory) -> dict[str, Path]:
-    from tiny_vision_models import build_tiny_colpali, build_tiny_colqwen2, build_tiny_colqwen2_5
-
-    root = tmp_path_factory.mktemp("vision-models")
-    return {
-        "colqwen2": build_tiny_colqwen2(root / "colqwen2"),
-        "colqwen2_5": build_tiny_colqwen2_5(root / "colqwen2_5"),
-        "colpali": build_tiny_colpali(root / "colpali"),
-    }
-
-
-def page_image(width: int, height: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
-
-
-def png_bytes(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
+from page_data import BAD_PAGES, GOOD_PAGES, MAX_PIXELS, page_image, png_bytes
 
 
 def loaded(vision_models, family: str) -> ColPaliFamilyEmbedder:
@@ -223,57 +200,6 @@ def test_tiled_families_cannot_use_the_pooled_layout(tmp_path, page_corpus):
 
 
 # --- end to end ---------------------------------------------------------------------------
-
-GOOD_PAGES = 12
-
-
-BAD_PAGES = {
-    "bad-bytes": "cannot decode",
-    "bad-truncated": "truncated",
-    "bad-huge": "exceeds image.max_pixels",
-    "bad-null": "image is null",
-}
-MAX_PIXELS = 100_000  # good pages are at most 140x110; the huge one is 400x400
-
-
-@pytest.fixture(scope="module")
-def page_corpus(tmp_path_factory) -> Path:
-    """12 pages in the HF `Image` layout (made with `datasets`, saved as parquet) of mixed
-    sizes, plus a corrupt, a truncated, an oversized and a missing image."""
-    from datasets import Dataset, Features, Value
-    from datasets import Image as ImageFeature
-
-    root = tmp_path_factory.mktemp("pages") / "pages"
-    root.mkdir()
-    jpeg = png_bytes(page_image(120, 90, 99), "JPEG")
-    rows = [
-        (
-            f"p{i}",
-            f"page {i} of the quarterly report",
-            page_image(60 + 20 * (i % 4), 80 + 10 * (i % 3), i),
-        )
-        for i in range(GOOD_PAGES)
-    ]
-    rows += [
-        ("bad-bytes", "corrupt scan", {"bytes": b"\x89PNG broken", "path": None}),
-        ("bad-truncated", "scan cut short", {"bytes": jpeg[: len(jpeg) // 2], "path": None}),
-        ("bad-huge", "oversized scan", page_image(400, 400, 98)),
-        ("bad-null", "missing scan", None),
-    ]
-    features = Features(
-        {"page_id": Value("string"), "caption": Value("string"), "image": ImageFeature()}
-    )
-    dataset = Dataset.from_dict(
-        {
-            "page_id": [r[0] for r in rows],
-            "caption": [r[1] for r in rows],
-            "image": [r[2] for r in rows],
-        },
-        features=features,
-    )
-    for shard in range(2):
-        dataset.shard(2, shard, contiguous=True).to_parquet(str(root / f"part-{shard}.parquet"))
-    return root
 
 
 def image_settings(tmp_path: Path, corpus: Path, model: Path, sink: dict, **extra):

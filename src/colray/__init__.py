@@ -25,7 +25,12 @@ _HOMES = {
     "Settings": "colray.config",
     "ConfigError": "colray.config",
     "RunReport": "colray.report",
-    "LostRowsError": "colray.report",
+    "LostRowsError": "colray.errors",
+    "RunFailed": "colray.errors",
+    "SinkUnavailable": "colray.errors",
+    "IndexingTimeout": "colray.errors",
+    "RayUnavailable": "colray.errors",
+    "WorkerFailed": "colray.errors",
     "TooManyFailuresError": "colray.report",
     "Hit": "colray.sink",
     "SinkError": "colray.sink",
@@ -36,13 +41,18 @@ _HOMES = {
 __all__ = [
     "ConfigError",
     "Hit",
+    "IndexingTimeout",
     "LostRowsError",
     "MultivectorDatasink",
+    "RayUnavailable",
     "RetriesExhausted",
+    "RunFailed",
     "RunReport",
     "Settings",
     "SinkError",
+    "SinkUnavailable",
     "TooManyFailuresError",
+    "WorkerFailed",
     "WriteOutcome",
     "ingest",
     "load_settings",
@@ -55,8 +65,16 @@ if TYPE_CHECKING:
     from colray.api import ingest, reindex, search
     from colray.config import ConfigError, Settings, load_settings
     from colray.datasink import MultivectorDatasink
+    from colray.errors import (
+        IndexingTimeout,
+        LostRowsError,
+        RayUnavailable,
+        RunFailed,
+        SinkUnavailable,
+        WorkerFailed,
+    )
     from colray.points import WriteOutcome
-    from colray.report import LostRowsError, RunReport, TooManyFailuresError
+    from colray.report import RunReport, TooManyFailuresError
     from colray.sink import Hit, RetriesExhausted, SinkError
 
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -17,7 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from colray.config import API_KEY_ENV, ConfigError, Settings, load_settings
+from colray.config import API_KEY_ENV, ConfigError, load_settings
+from colray.errors import RunFailed
+from colray.sink import SinkError
 
 if TYPE_CHECKING:
     from colray.report import RunReport
@@ -25,23 +28,26 @@ if TYPE_CHECKING:
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_TOO_MANY_FAILED = 3  # the run finished; more rows failed than allowed
+LOCAL_RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")  # <run.dir>/<id>/, see report.Ledger
 
 CONFIG_HELP = f"""\
 configuration:
   A job is one YAML file with sections source, embed (text model), image (page-image
   model), sink and run. Any key can be overridden by an environment variable
   COLRAY_<SECTION>__<KEY> (e.g. COLRAY_SINK__PATH) and by --set section.key=value,
-  which wins over both. The Qdrant API key is read only
-  from {API_KEY_ENV} or sink.api_key_file, never from the YAML or the command line.
+  which wins over both; relative paths are relative to the current directory. The Qdrant
+  API key is read only from {API_KEY_ENV} or sink.api_key_file, never from the
+  YAML or the command line. Ready-made jobs: configs/*.yaml.
 
 exit codes:
-  0 success; 1 the run failed; 2 bad configuration or incompatible store (nothing written);
-  3 finished, but more rows dead-lettered than run.max_failed_fraction (see the report)
+  0 success; 1 the run failed (one line says why; the report says how far it got);
+  2 bad configuration or an unusable store (nothing written); 3 finished, but more rows
+  dead-lettered than run.max_failed_fraction (see the report); 130 interrupted
 """
 
 INGEST_EXAMPLE = """\
 example:
-  # configs/stdlib-minilm-edge.yaml
+  # job.yaml, a job of your own (configs/ holds ready-made ones)
   source:
     path: data/docs/          # a Parquet file, a directory, a glob or a URI
     format: parquet           # or hf: a save_to_disk dir, a parquet export, a Hub id
@@ -51,8 +57,8 @@ example:
   embed:
     model: minilm-token       # see `colray models`
   sink:
-    kind: edge                # embedded Qdrant Edge; or qdrant (url: or path:)
-    path: .colray/store
+    kind: edge                # embedded Qdrant Edge (the default); or qdrant (url: or path:)
+    path: .colray/store       # the default store
 
   colray ingest --config job.yaml --set embed.batch_size=64 --report report.json
 """
@@ -62,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        os.environ["COLRAY_VERBOSE"] = "1"
+    else:
+        # Ray's C++ core logs routine notices as errors on the console; real failures reach
+        # colray as exceptions either way. -v shows everything.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_CONFIG
@@ -70,9 +82,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"colray: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except KeyboardInterrupt:
-        print("colray: interrupted", file=sys.stderr)
+    except SinkError as exc:  # the store cannot be used (missing, unreachable, incompatible)
+        print(f"colray: sink: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt as exc:
+        print("colray: interrupted" + _report_line(exc), file=sys.stderr)
         return 130
+    except RunFailed as exc:
+        print(f"colray: {exc}{_report_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # anything else still ends in one line, not a traceback
+        if os.environ.get("COLRAY_DEBUG"):
+            raise
+        print(
+            f"colray: unexpected {type(exc).__name__}: {_one_line(exc)} (set COLRAY_DEBUG=1 for "
+            f"the traceback){_report_line(exc)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+
+def _report_line(exc: BaseException) -> str:
+    """Where the stopped run's report is, when it got far enough to write one."""
+    report = getattr(exc, "colray_report", None)
+    return f"\nreport: {report.report_path}" if report is not None else ""
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -90,9 +128,12 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
         epilog=CONFIG_HELP,
     )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also Ray's own logs and progress bars"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_ingest, _add_reindex, _add_submit, _add_status, _add_logs, _add_query,
-                _add_demo, _add_models):  # fmt: skip
+    for add in (_add_ingest, _add_reindex, _add_submit, _add_status, _add_logs, _add_runs,
+                _add_query, _add_demo, _add_models):  # fmt: skip
         add(sub)
     return parser
 
@@ -200,12 +241,15 @@ def _add_submit(sub: Subparsers) -> None:
 def _add_status(sub: Subparsers) -> None:
     status = sub.add_parser(
         "status",
-        help="a Ray job's status and, once it ended, its run report",
-        description="Ask the cluster how a submitted job stands; when it has ended, show "
-        "the run report it printed (counts, dead letters, versions).",
+        help="a Ray job's progress and, once it ended, its run report; or the colray jobs",
+        description="Ask the cluster how a submitted job stands: while it runs, its phase, rows "
+        "written of the total, rows/s over the last minute, ETA and dead letters so far (what "
+        "the job last printed); once it ended, its run report. Without ID: the cluster's colray "
+        "jobs, newest first.",
     )
     _add_address_arg(status)
-    status.add_argument("submission_id", metavar="ID")
+    status.add_argument("submission_id", metavar="ID", nargs="?",
+                        help="a job's submission id; without it, the cluster's colray jobs")  # fmt: skip
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=_cmd_status)
 
@@ -216,6 +260,29 @@ def _add_logs(sub: Subparsers) -> None:
     logs.add_argument("submission_id", metavar="ID")
     logs.add_argument("--follow", action="store_true", help="stream until the job ends")
     logs.set_defaults(handler=_cmd_logs)
+
+
+def _add_runs(sub: Subparsers) -> None:
+    runs = sub.add_parser(
+        "runs",
+        help="past runs under run.dir: list, show one, prune old ones",
+        formatter_class=FORMATTER,
+        description="Runs of this machine (local `colray ingest`/`reindex`), newest first, "
+        "from their folders under run.dir (<run.dir>/<run id>/report.json). Cluster jobs: "
+        "`colray status`.",
+        epilog="examples:\n  colray runs                      # under .colray/runs\n"
+        "  colray runs -c job.yaml          # under the job's run.dir\n"
+        "  colray runs show 20261203T101500Z-1a2b3c\n"
+        "  colray runs prune --keep 20      # keeps every unfinished job's resume state",
+    )
+    runs.add_argument("action", nargs="?", default="list", choices=["list", "show", "prune"])
+    runs.add_argument("run_id", nargs="?", metavar="ID", help="the run to show (a prefix will do)")
+    where = runs.add_mutually_exclusive_group()
+    where.add_argument("--config", "-c", metavar="FILE", help="use this job's run.dir")
+    where.add_argument("--dir", metavar="DIR", help="the run directory (default .colray/runs)")
+    runs.add_argument("--keep", type=int, metavar="N", help="prune: the newest runs to keep")
+    runs.add_argument("--json", action="store_true", help="print JSON")
+    runs.set_defaults(handler=_cmd_runs)
 
 
 def _add_query(sub: Subparsers) -> None:
@@ -253,12 +320,16 @@ def _add_demo(sub: Subparsers) -> None:
         formatter_class=FORMATTER,
         description="Embeds the module docstrings of Python's standard library (shipped with "
         "colray) into an embedded Qdrant Edge store and prints the top hits for a few "
-        "queries. Needs no network, server or GPU.",
+        "queries. Needs no network, server or GPU. Once the store is complete, later demos "
+        "answer from it at once.",
     )
     demo.add_argument(
         "--dir", default=".colray/demo", help="where the demo keeps its store and runs"
     )
     demo.add_argument("--limit", type=int, default=3, help="hits shown per query")
+    demo.add_argument(
+        "--rebuild", action="store_true", help="ingest again even if the store is complete"
+    )
     demo.add_argument("queries", nargs="*", metavar="QUERY", help="your own queries")
     demo.set_defaults(handler=_cmd_demo)
 
@@ -318,36 +389,38 @@ def _add_address_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, args.overrides)
-    return _ingest(settings, args.report, incremental=args.incremental, emit=args.emit_report)
+    return _ingest(
+        args.config, args.overrides, args.report, incremental=args.incremental,
+        emit=args.emit_report,
+    )  # fmt: skip
 
 
 def _cmd_reindex(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, args.overrides)
     return _ingest(
-        settings, args.report, incremental=args.incremental, rebuild=True, emit=args.emit_report
-    )
+        args.config, args.overrides, args.report, incremental=args.incremental, rebuild=True,
+        emit=args.emit_report,
+    )  # fmt: skip
 
 
 def _ingest(
-    settings: Settings,
+    config: Any,
+    overrides: Sequence[str],
     report_path: str | None,
     *,
     incremental: bool = False,
     rebuild: bool = False,
     emit: bool = False,
 ) -> int:
+    """`config`: a YAML path (with `overrides`), or finished Settings (the demo's)."""
     import colray
 
     run = colray.reindex if rebuild else colray.ingest
     try:
-        report = run(settings, report_path=report_path, incremental=incremental)
+        report = run(config, overrides, report_path=report_path, incremental=incremental,
+                     on_progress=_emit_progress if emit else None)  # fmt: skip
     except colray.SinkError as exc:
         print(f"colray: sink: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except colray.LostRowsError as exc:
-        print(f"colray: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except colray.TooManyFailuresError as exc:
         _emit_report(exc.report, emit)
         print(f"colray: {exc}\nreport: {exc.report.report_path}", file=sys.stderr)
@@ -355,6 +428,13 @@ def _ingest(
     _emit_report(report, emit)
     _print_summary(report)
     return 0
+
+
+def _emit_progress(progress: dict[str, Any]) -> None:
+    """jobs/*.py: the run's progress as a marked line in the job's logs, for `colray status`."""
+    from colray.cluster import PROGRESS_MARKER
+
+    print(PROGRESS_MARKER + json.dumps(progress), flush=True)
 
 
 def _emit_report(report: RunReport, emit: bool) -> None:
@@ -366,23 +446,34 @@ def _emit_report(report: RunReport, emit: bool) -> None:
 
 
 def _print_summary(report: RunReport) -> None:
+    """The run in a few lines, on stdout (the result; diagnostics go to stderr)."""
+    rows = f"{report.rows_read} rows"
+    if report.documents_read is not None:
+        rows = f"{report.documents_read} documents ({report.rows_read} pages)"
     print(
-        f"ingested {report.points_written} points from {report.rows_read} rows "
+        f"ingested {report.points_written} points from {rows} "
         f"({report.dead_lettered} dead-lettered, {report.skipped_existing} already done by an "
         f"interrupted run, {report.duplicate_ids} duplicate ids) in {report.duration_s:.1f}s; "
-        f"store holds {report.points_in_store} points\nreport: {report.report_path}",
-        file=sys.stderr,
+        f"store holds {report.points_in_store} points\nreport: {report.report_path}"
     )
+    ours = report.points_written - report.duplicate_ids + report.skipped_existing
+    ours += report.incremental["unchanged"] if report.incremental else 0
+    stale = report.points_in_store - ours - report.dead_lettered
+    if stale > 0 and report.incremental is None:
+        print(
+            f"note: {stale} of the store's points are not from this run's rows (rows no longer "
+            "in the source, or another source's): `--incremental` deletes those of vanished rows"
+        )
     if report.incremental:
         changes = ", ".join(f"{n} {what}" for what, n in report.incremental.items())
-        print(f"incremental: {changes}", file=sys.stderr)
+        print(f"incremental: {changes}")
     if report.reindex:
         r = report.reindex
         moved = "updated in place" if r["mode"] == "incremental" else "now serves"
         dropped = f"; dropped {', '.join(r['dropped'])}" if r["dropped"] else ""
-        print(f"{r['served_as']} {moved} version {r['version']}{dropped}", file=sys.stderr)
+        print(f"{r['served_as']} {moved} version {r['version']}{dropped}")
     if report.dead_lettered:
-        print(f"dead letters: {report.dead_letter_path}", file=sys.stderr)
+        print(f"dead letters: {report.dead_letter_path}")
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -420,6 +511,20 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from colray import cluster
 
+    if args.submission_id and LOCAL_RUN_ID.fullmatch(args.submission_id):
+        raise ConfigError(
+            [f"ID: {args.submission_id!r} is a local run's id, not a Ray job's: `colray runs "
+             f"show {args.submission_id}` shows it"]
+        )  # fmt: skip
+    if args.submission_id is None:
+        jobs = cluster.colray_jobs(args.address)
+        if args.json:
+            print(json.dumps(jobs, indent=2))
+            return 0
+        for job in jobs:
+            print(f"{job['submission_id']:<48}{job['status']:<11}{job['command'] or '':<9}"
+                  f"{job['config'] or ''}")  # fmt: skip
+        return 0
     state = cluster.job_state(args.address, args.submission_id)
     if args.json:
         print(json.dumps(asdict(state), indent=2))
@@ -427,6 +532,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(
         f"{state.submission_id}: {state.status}" + (f" ({state.message})" if state.message else "")
     )
+    if state.progress and state.status not in cluster.TERMINAL:
+        print(cluster.describe_progress(state.progress))
     if state.report:
         print(json.dumps(state.report, indent=2))
     return 0
@@ -443,6 +550,43 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from colray import runs
+
+    run_dir = load_settings(args.config).run.dir if args.config else (args.dir or ".colray/runs")
+    if args.action == "show":
+        if not args.run_id:
+            raise ConfigError(["ID: `colray runs show` needs a run id (see `colray runs`)"])
+        run = runs.find_run(run_dir, args.run_id)
+        print(json.dumps(run.report, indent=2) if args.json else runs.describe(run))
+        return 0
+    if args.action == "prune":
+        if args.keep is None:
+            raise ConfigError(["--keep: `colray runs prune` needs --keep N"])
+        removed = runs.prune(run_dir, args.keep)
+        print(f"removed {len(removed)} run(s) under {run_dir}")
+        return 0
+    rows = [run.row() for run in runs.past_runs(run_dir)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no runs under {Path(run_dir).absolute()}", file=sys.stderr)
+        return 0
+    print(f"{'id':<24}{'started':<21}{'seconds':>9}{'rows':>9}{'written':>9}{'dead':>7}  "
+          f"outcome / report")  # fmt: skip
+    for r in rows:
+        seconds = f"{r['duration_s']:.1f}" if r["duration_s"] is not None else "-"
+        print(f"{r['id']:<24}{r['started']:<21}{seconds:>9}{_n(r['rows']):>9}"
+              f"{_n(r['written']):>9}{_n(r['dead_lettered']):>7}  {r['outcome']}  "
+              f"{r['report'] or ''}")  # fmt: skip
+    return 0
+
+
+def _n(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 def _cmd_query(args: argparse.Namespace) -> int:
     import colray
 
@@ -452,6 +596,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
         print(json.dumps([{"id": h.id, "score": h.score, "payload": h.payload} for h in hits],
                          indent=2))  # fmt: skip
         return 0
+    if not hits:
+        print("no results: the store holds no points this query could match", file=sys.stderr)
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:>2}. {hit.score:8.3f}  {_summary(hit.payload)}")
     return 0
@@ -484,9 +630,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             "run": {"dir": str(base / "runs")},
         },
     )
-    code = _ingest(settings, None)
-    if code:
-        return code
+    from colray.demo import store_is_ready
+
+    if args.rebuild or not store_is_ready(settings):
+        code = _ingest(settings, (), None)
+        if code:
+            return code
     import colray
 
     for query in args.queries or DEMO_QUERIES:

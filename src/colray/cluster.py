@@ -23,10 +23,13 @@ import stamina
 
 import colray
 from colray.config import API_KEY_ENV, ConfigError, load_settings
+from colray.errors import ClusterRefused
 
 # The job prints its run report as one line starting with this, so `colray status` can find
 # it in the job's logs after the job (and the cluster's working copy) is gone.
 REPORT_MARKER = "COLRAY_REPORT "
+# ... and, while it runs, its progress every few seconds (report.Ledger.publish).
+PROGRESS_MARKER = "COLRAY_PROGRESS "
 ENTRYPOINTS = {"ingest": "jobs/ingest.py", "reindex": "jobs/reindex.py"}
 # Never shipped in the working_dir (Ray also skips what .gitignore lists).
 WORKING_DIR_EXCLUDES = [".git", ".venv", ".tools", ".colray", "**/__pycache__", ".*_cache"]
@@ -50,6 +53,7 @@ class JobState:
     message: str | None
     exit_code: int | None  # the entrypoint's exit code (colray's codes) once it ended
     report: dict[str, Any] | None
+    progress: dict[str, Any] | None = None  # the last progress the job printed
 
 
 def find_project_dir(start: Path | None = None) -> Path:
@@ -92,6 +96,13 @@ def scheduled_submission_id(command: str, config_text: str, argv: Sequence[str],
     return f"colray-{command}-{digest[:12]}-{slot.lower()}"
 
 
+def slot_submission_id(command: str, config: Path, argv: Sequence[str], slot: str) -> str:
+    """The submission id of a scheduled run: the job (config file, overrides, command and the
+    COLRAY_* settings forwarded with it: another override is another job) and its slot."""
+    settings = [f"{k}={v}" for k, v in sorted(forwarded_env().items())]
+    return scheduled_submission_id(command, config.read_text(), [*argv, *settings], slot)
+
+
 def submit(
     *,
     address: str | None,
@@ -118,7 +129,7 @@ def submit(
         command, config_path.relative_to(project), overrides, incremental=incremental
     )
     if slot is not None:
-        submission_id = scheduled_submission_id(command, config_path.read_text(), argv, slot)
+        submission_id = slot_submission_id(command, config_path, argv, slot)
     client = _client(address)
     runtime_env = {
         "working_dir": str(project),
@@ -138,11 +149,20 @@ def submit(
                     submission_id=submission_id,
                     metadata={"colray.command": command, "colray.config": argv[3]},
                 )
-    except RuntimeError as exc:
+    except Exception as exc:
         if submission_id and "already exists" in str(exc):
             return Submission(submission_id, entrypoint, already_submitted=True)
-        raise
+        raise refused(address, "submit the job", exc) from None
     return Submission(job_id, entrypoint, already_submitted=False)
+
+
+def refused(address: str | None, action: str, exc: Exception) -> ClusterRefused:
+    """A refusal from the Ray dashboard as one line: what was asked, where, and its answer."""
+    where = address or os.environ.get("RAY_ADDRESS") or "RAY_ADDRESS unset"
+    text = " ".join(str(exc).split())
+    status = re.search(r"\b([45]\d\d)\b", text)
+    answer = f"HTTP {status.group(1)}: " if status else ""
+    return ClusterRefused(f"the Ray dashboard at {where} refused to {action}: {answer}{text[:300]}")
 
 
 def _agent_starting(exc: BaseException) -> bool:
@@ -164,28 +184,80 @@ def job_state(address: str | None, submission_id: str) -> JobState:
     client = _client(address)
     try:
         info = client.get_job_info(submission_id)
-    except RuntimeError as exc:
+    except Exception as exc:
         if "404" in str(exc):
             raise ConfigError([f"ID: the cluster has no job {submission_id!r}"]) from None
-        raise
+        raise refused(address, f"show job {submission_id!r}", exc) from None
     status = str(getattr(info.status, "value", info.status))
-    report = None
-    if status in TERMINAL:
-        report = report_from_logs(client.get_job_logs(submission_id))
-    return JobState(submission_id, status, info.message, info.driver_exit_code, report)
+    logs = client.get_job_logs(submission_id) if status != "PENDING" else ""
+    report = report_from_logs(logs) if status in TERMINAL else None
+    progress = last_marked(logs, PROGRESS_MARKER)
+    return JobState(submission_id, status, info.message, info.driver_exit_code, report, progress)
 
 
 def report_from_logs(logs: str) -> dict[str, Any] | None:
     """The last report the job printed, if it got that far."""
+    return last_marked(logs, REPORT_MARKER)
+
+
+def last_marked(logs: str, marker: str) -> dict[str, Any] | None:
+    """The JSON of the last log line that `marker` starts."""
     for line in reversed(logs.splitlines()):
-        at = line.find(REPORT_MARKER)
+        at = line.find(marker)
         if at >= 0:
             try:
-                report: dict[str, Any] = json.loads(line[at + len(REPORT_MARKER) :])
-                return report
+                found: dict[str, Any] = json.loads(line[at + len(marker) :])
+                return found
             except json.JSONDecodeError:
                 continue
     return None
+
+
+def colray_jobs(address: str | None) -> list[dict[str, Any]]:
+    """The cluster's colray jobs (their metadata names the command), newest first."""
+    client = _client(address)
+    try:
+        jobs = client.list_jobs()
+    except Exception as exc:
+        raise refused(address, "list its jobs", exc) from None
+    rows = [
+        {"submission_id": job.submission_id, "status": str(getattr(job.status, "value", job.status)),
+         "command": (job.metadata or {}).get("colray.command"),
+         "config": (job.metadata or {}).get("colray.config"), "start_time": job.start_time}
+        for job in jobs
+        if (job.metadata or {}).get("colray.command")
+    ]  # fmt: skip
+    return sorted(rows, key=lambda row: row["start_time"] or 0, reverse=True)
+
+
+def describe_progress(progress: dict[str, Any]) -> str:
+    """A running job's progress as one line: phase, rows, rate, ETA, dead letters."""
+    done, total = progress.get("rows_done", 0), progress.get("rows_total") or 0
+    share = f" ({done / total:.0%})" if total else ""
+    eta = progress.get("eta_s")
+    parts = [
+        f"{progress.get('phase')}: {done:,} of {total:,} rows done{share}",
+        f"{progress.get('rows_per_s', 0):.1f} rows/s over the last minute",
+        f"ETA {_duration(eta)}" if eta is not None else "ETA unknown",
+        f"{progress.get('dead_lettered', 0)} dead-lettered",
+    ]
+    reasons = progress.get("top_dead_letter_reasons") or {}
+    if reasons:
+        parts[-1] += " (" + ", ".join(f"{why} {n}" for why, n in reasons.items()) + ")"
+    indexing = progress.get("indexing")
+    if indexing:
+        queued = indexing.get("queued_points")
+        parts.append(
+            f"server {indexing.get('status')}, {indexing.get('indexed_vectors')} vectors indexed"
+            + (f", {queued} points queued" if queued is not None else "")
+        )
+    return "; ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def job_logs(address: str | None, submission_id: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from colray.cells import CellRejected, cell_bytes
 from colray.embed.colpali import ImageGeometry
 from colray.rows import (
     DECODE,
@@ -33,7 +34,10 @@ def decode_image(cell: Any, geometry: ImageGeometry, max_pixels: int) -> tuple[b
     """One cell as RGB pixels at the model's size: EXIF orientation applied, bombs refused."""
     from PIL import Image, ImageOps
 
-    data = _image_bytes(cell)
+    try:
+        data = cell_bytes(cell)
+    except CellRejected as exc:
+        raise ImageRejected(str(exc)) from None
     with warnings.catch_warnings():
         # PIL warns between MAX_IMAGE_PIXELS and twice that; we refuse by our own limit.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -57,36 +61,6 @@ def decode_image(cell: Any, geometry: ImageGeometry, max_pixels: int) -> tuple[b
     if target != image.size:
         image = image.resize(target, Image.Resampling.BICUBIC)
     return image.tobytes(), image.width, image.height
-
-
-def _image_bytes(cell: Any) -> bytes:
-    if cell is None:
-        raise ImageRejected("image is null")
-    if isinstance(cell, dict):  # the HF Image feature: {"bytes": ..., "path": ...}
-        if cell.get("bytes"):
-            return bytes(cell["bytes"])
-        if cell.get("path"):
-            return _read_uri(cell["path"])
-        raise ImageRejected("image struct has neither bytes nor path")
-    if isinstance(cell, bytes | bytearray | memoryview):
-        if not cell:
-            raise ImageRejected("image bytes are empty")
-        return bytes(cell)
-    if isinstance(cell, str):
-        if not cell.strip():
-            raise ImageRejected("image path is empty")
-        return _read_uri(cell)
-    raise ImageRejected(f"unsupported image cell of type {type(cell).__name__}")
-
-
-def _read_uri(uri: str) -> bytes:
-    import fsspec
-
-    try:
-        with fsspec.open(uri, "rb") as handle:
-            return handle.read()
-    except Exception as exc:
-        raise ImageRejected(f"cannot read {uri!r}: {type(exc).__name__}: {exc}") from None
 
 
 def decode_images(

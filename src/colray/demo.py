@@ -11,9 +11,13 @@ import importlib.resources
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from colray.config import Settings
 
 DEMO_QUERIES = (
     "read and write zip archives",
@@ -21,6 +25,27 @@ DEMO_QUERIES = (
     "send an email message through an SMTP server",
     "compare two sequences and show their differences",
 )
+
+
+def store_is_ready(settings: Settings) -> bool:
+    """The demo's store holds the whole corpus in the layout the demo writes: answer from it."""
+    from colray.embed import REGISTRY
+    from colray.layout import text_layout
+    from colray.sink.edge import EdgeSink
+
+    if not Path(str(settings.sink.path)).is_dir():
+        return False
+    rows = pq.ParquetFile(settings.source.path).metadata.num_rows
+    store = EdgeSink(settings.sink, text_layout(settings.embed, REGISTRY[settings.embed.model].dim))
+    try:
+        if store.layout_problems(for_writing=True):
+            return False
+        store.open_for_reading()
+        return store.count() == rows
+    except Exception:  # half-written, locked, damaged: ingest it again
+        return False
+    finally:
+        store.close()
 
 
 def demo_corpus_path() -> Path:

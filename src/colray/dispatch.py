@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from colray import metrics
 from colray.config import SinkConfig
 from colray.job import Job
 from colray.layout import VectorSpec
@@ -34,7 +35,9 @@ class SinkWriter:
         layout: list[VectorSpec],
         payload_columns: list[str],
         source_name: str,
+        tags: dict[str, str],
     ):
+        metrics.use(tags)
         # A failed start is reported by ready(), not raised: Ray would print the actor's
         # death with a traceback, and an unreachable store is a user error, not a crash.
         self.startup_error: Exception | None = None
@@ -64,7 +67,7 @@ class Writers:
     on the machine the job was started from, and the driver's process may query it meanwhile.
     """
 
-    def __init__(self, job: Job, sink: Sink):
+    def __init__(self, job: Job, sink: Sink, tags: dict[str, str] | None = None):
         cfg = job.settings.sink
         args = (cfg, job.layout, job.settings.source.payload_columns, job.source.name)
         self.local: BlockWriter | None = None
@@ -72,7 +75,8 @@ class Writers:
         if cfg.kind == "edge" or cfg.path is not None:
             self.local = BlockWriter(sink, *args)
         else:
-            self.actors = [SinkWriter.remote(*args) for _ in range(cfg.writers)]
+            writer = SinkWriter.options(num_cpus=cfg.cpus_per_writer)  # type: ignore[attr-defined]
+            self.actors = [writer.remote(*args, tags or {}) for _ in range(cfg.writers)]
         # Handed to the embedding actors, which wait on it before embedding anything.
         self.ready = [w.ready.remote() for w in self.actors]
 
@@ -105,20 +109,23 @@ class Writers:
     def _write_remote(self, blocks: Iterator[BlockRef]) -> Iterator[WriteOutcome]:
         """Each block to the least busy writer actor, a bounded number in flight; the data
         goes from the object store to the actor and never passes the driver."""
-        in_flight: dict[Any, int] = {}
+        in_flight: dict[Any, tuple[int, int]] = {}  # the call -> (writer, rows)
         load = [0] * len(self.actors)
         for block in blocks:
             while len(in_flight) >= WRITES_IN_FLIGHT_PER_WRITER * len(self.actors):
                 yield self._collect_one(in_flight, load)
             target = min(range(len(self.actors)), key=load.__getitem__)
-            in_flight[self.actors[target].write.remote(block.ref, block.start, block.end)] = target
+            call = self.actors[target].write.remote(block.ref, block.start, block.end)
+            in_flight[call] = (target, block.rows or 0)
             load[target] += 1
+            metrics.gauge("colray_rows_in_flight", sum(rows for _, rows in in_flight.values()))
         while in_flight:
             yield self._collect_one(in_flight, load)
 
     @staticmethod
-    def _collect_one(in_flight: dict[Any, int], load: list[int]) -> WriteOutcome:
+    def _collect_one(in_flight: dict[Any, tuple[int, int]], load: list[int]) -> WriteOutcome:
         done, _ = ray.wait(list(in_flight), num_returns=1)
-        load[in_flight.pop(done[0])] -= 1
+        load[in_flight.pop(done[0])[0]] -= 1
+        metrics.gauge("colray_rows_in_flight", sum(rows for _, rows in in_flight.values()))
         outcome: WriteOutcome = ray.get(done[0])
         return outcome

@@ -44,8 +44,8 @@ class Job:
 def prepare_job(settings: Settings) -> Job:
     """Check the source and each configured model, and derive the job from them."""
     source = resolve_source(settings.source)
-    text_dim = _text_dim(settings) if settings.source.text_column else None
-    image_model = _image_model(settings) if settings.source.image_column else None
+    text_dim = _text_dim(settings) if settings.source.embeds_text else None
+    image_model = _image_model(settings) if settings.source.embeds_pages else None
     layout = job_layout(settings, text_dim, image_model.dim if image_model else None)
     files = [f"{p.path}:{p.row_groups}" for p in source.pieces]
     return Job(
@@ -117,10 +117,10 @@ def model_identity(settings: Settings, layout: list[Any]) -> dict[str, Any]:
     """The models and vector layout a job embeds with."""
     return {
         "embed": settings.embed.model_dump(mode="json", include=EMBED_IDENTITY)
-        if settings.source.text_column
+        if settings.source.embeds_text
         else None,
         "image": settings.image.model_dump(mode="json", include=IMAGE_IDENTITY)
-        if settings.source.image_column
+        if settings.source.embeds_pages
         else None,
         "layout": [repr(spec) for spec in layout],
     }

@@ -96,7 +96,7 @@ def searched_model(settings: Settings, vector: str | None) -> Literal["text", "i
     """Which model embeds a query for `vector` (None: text when the job has text)."""
     if vector is None:
         return (
-            "text" if settings.source.text_column or not settings.source.image_column else "image"
+            "text" if settings.source.embeds_text or not settings.source.embeds_pages else "image"
         )
     if vector == settings.image.vector_name:
         return "image"

@@ -16,14 +16,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from colray import metrics
 from colray.config import SinkConfig
+from colray.errors import SinkUnavailable
 from colray.layout import VectorSpec
 from colray.rows import (
+    DOCUMENT_KEY,
+    DOCUMENT_START,
     ERROR,
     HASH,
     ID,
     KEY,
     LOCATION,
+    NO_TEXT,
+    PAGE_COUNT,
+    PAGE_NUMBER,
+    RETRIES_EXHAUSTED,
     STAGE_SECONDS,
     TRUNCATED,
     UNCHANGED,
@@ -59,6 +67,10 @@ class WriteOutcome:
     upstream_seconds: dict[str, float] = field(default_factory=dict)  # read, embed time
     written_ids: list[str] = field(default_factory=list)
     skipped_ids: list[str] = field(default_factory=list)  # both kinds of skip
+    # Documents: how many began in this block, and how many rows they have in all (their
+    # pages, or one for a document that could not be opened).
+    documents: int = 0
+    document_rows: int = 0
 
 
 class _Rows:
@@ -74,6 +86,12 @@ class _Rows:
         self.payloads = {c: table.column(c).to_pylist() for c in payload_columns}
         self.blobs = {s.name: table.column(vectors_column(s.name)).to_pylist() for s in layout}
         self.counts = {s.name: table.column(count_column(s.name)).to_pylist() for s in layout}
+        # Documents' page rows: which document and page, and (DOCUMENT_START rows) how many.
+        self.documents = column_list(table, DOCUMENT_KEY)
+        self.pages = column_list(table, PAGE_NUMBER)
+        self.page_counts = column_list(table, PAGE_COUNT)
+        self.starts = column_list(table, DOCUMENT_START, False)
+        self.no_text = column_list(table, NO_TEXT, False)
 
     def dead(self, i: int, why: Reason | str) -> DeadLetter:
         return dead_letter(self.ids[i], self.keys[i], self.locations[i], why)
@@ -96,16 +114,24 @@ class BlockWriter:
         self.payload_columns = payload_columns
         self.source_name = source_name
         self.seen: set[str] = set()
+        self.failed_batches = 0  # in a row, each out of retries
         self.bytes_per_float = BYTES_PER_FLOAT["grpc" if cfg.prefer_grpc else "rest"]
         self.max_request_bytes = int(cfg.max_request_mb * 2**20)
 
     def write(self, table: pa.Table) -> WriteOutcome:
+        """The block's rows as points; raises SinkUnavailable once sink.max_failed_batches
+        batches in a row ran out of retries (the sink is gone, not some rows bad)."""
         began = time.perf_counter()
         rows = _Rows(table, self.layout, self.payload_columns)
         outcome = WriteOutcome(rows=table.num_rows)
+        starts = [
+            count for count, start in zip(rows.page_counts, rows.starts, strict=True) if start
+        ]
+        outcome.documents = len(starts)
+        outcome.document_rows = sum(max(count or 0, 1) for count in starts)
         points, row_of = self._points(rows, outcome)
         for batch in self._batches(points):
-            failed = dict(self._write_isolating(batch))
+            failed = dict(self._write_batch(batch))
             outcome.written_ids.extend(p.id for p in batch if p.id not in failed)
             outcome.dead_letters.extend(rows.dead(row_of[pid], why) for pid, why in failed.items())
         outcome.points_written = len(outcome.written_ids)
@@ -133,10 +159,13 @@ class BlockWriter:
                 else:
                     outcome.dead_letters.append(rows.dead(i, why))
                 continue
-            vectors = {s.name: self._vector(rows, s, i) for s in self.layout}
+            # A vector with no rows is absent (a page without a text layer has no text vector).
+            vectors = {s.name: self._vector(rows, s, i) for s in self.layout
+                       if rows.counts[s.name][i]}  # fmt: skip
             too_big = next(
                 (s.name for s in self.layout
-                 if s.multivector and vectors[s.name].size > MAX_FLOATS_PER_MULTIVECTOR),
+                 if s.multivector and s.name in vectors
+                 and vectors[s.name].size > MAX_FLOATS_PER_MULTIVECTOR),
                 None,
             )  # fmt: skip
             if too_big is not None:
@@ -172,6 +201,12 @@ class BlockWriter:
         }
         if rows.truncated[i]:
             payload["_colray"]["truncated"] = True
+        if rows.pages[i] is not None:  # a document's page
+            payload.update(
+                document=rows.documents[i], page=rows.pages[i], page_count=rows.page_counts[i]
+            )
+            if rows.no_text[i]:
+                payload["_colray"]["text_layer"] = False
         return payload
 
     def _batches(self, points: list[Point]) -> Iterator[list[Point]]:
@@ -191,6 +226,25 @@ class BlockWriter:
         if batch:
             yield batch
 
+    def _write_batch(self, points: list[Point]) -> list[tuple[str, str]]:
+        """One request's points; those that could not be written, with why."""
+        began = time.perf_counter()
+        try:
+            failed = self._write_isolating(points)
+            metrics.observe("colray_write_batch_seconds", time.perf_counter() - began)
+        except RetriesExhausted as exc:
+            # Transient failures that outlasted the retries: these rows are dead letters of
+            # this run only (the resume state does not mark them done, so a rerun retries them).
+            self.failed_batches += 1
+            if self.failed_batches >= self.cfg.max_failed_batches:
+                raise SinkUnavailable(
+                    f"{self.failed_batches} batches in a row could not be written after "
+                    f"{self.cfg.retry_attempts} attempts each; last: {exc}"
+                ) from None
+            return [(p.id, reason(WRITE, RETRIES_EXHAUSTED, str(exc))) for p in points]
+        self.failed_batches = 0
+        return failed
+
     def _write_isolating(self, points: list[Point]) -> list[tuple[str, str]]:
         """Write; on a rejection no retry changes, split the batch until the bad points are alone."""
         if not points:
@@ -199,7 +253,7 @@ class BlockWriter:
             self.sink.write(points)
             return []
         except RetriesExhausted:
-            raise  # the run fails rather than drop these rows
+            raise
         except Exception as exc:
             if len(points) == 1:
                 return [(points[0].id, reason(WRITE, type(exc).__name__, short(exc)))]

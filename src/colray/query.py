@@ -5,10 +5,11 @@ plan (`colray.layout`) against its sink. No Ray, nothing of the ingest driver.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from colray.config import ConfigError, Settings
+from colray.config import ConfigError, Settings, SinkConfig
 from colray.layout import (
     QueryPlan,
     VectorSpec,
@@ -20,7 +21,7 @@ from colray.layout import (
     text_layout,
     text_query_plan,
 )
-from colray.sink import Hit, SinkError, open_sink
+from colray.sink import Hit, RetriesExhausted, SinkError, open_sink, unreachable
 
 
 def search(
@@ -28,6 +29,8 @@ def search(
 ) -> list[Hit]:
     """The `limit` best points for `text` by MaxSim on `vector` (default: the job's text vector,
     else its page vector), best first."""
+    if not text.strip():
+        raise ConfigError(["TEXT: the query is empty"])
     try:
         which = searched_model(settings, vector)
     except ValueError as exc:
@@ -35,15 +38,26 @@ def search(
     encode, layout, plan = (
         _image_query(settings, limit) if which == "image" else _text_query(settings, limit)
     )
-    sink = open_sink(settings.sink, layout)
+    _store_must_exist(settings.sink)
+    try:
+        sink = open_sink(settings.sink, layout)
+    except Exception as exc:  # local mode's directory held by another process, ...
+        raise unreachable(settings.sink, exc) from None
     try:
         sink.open_for_reading()
         hits = sink.query(encode(text), plan, limit=limit)
-    except SinkError as exc:
-        raise ConfigError([f"sink: {exc}"]) from None
+    except RetriesExhausted as exc:
+        raise SinkError(f"cannot reach the server at {settings.sink.location()}: {exc}") from None
     finally:
         sink.close()
     return [Hit(h.id, h.score, h.payload) for h in hits]
+
+
+def _store_must_exist(cfg: SinkConfig) -> None:
+    """A query never creates a store: opening a local-mode or Edge path that does not exist
+    would make an empty one there."""
+    if cfg.path is not None and not Path(cfg.path).exists():
+        raise SinkError(f"no store at {cfg.path} (run `colray ingest` first, or fix sink.path)")
 
 
 QueryEncoder = Callable[[str], dict[str, np.ndarray]]

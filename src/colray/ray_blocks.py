@@ -22,6 +22,7 @@ class BlockRef:
     ref: Any  # ray.ObjectRef[pa.Table]
     start: int | None = None
     end: int | None = None
+    rows: int | None = None  # as Ray's metadata counts them (None where it does not)
 
     def rows_of(self, table: pa.Table) -> pa.Table:
         """The rows this reference covers of the block it points to."""
@@ -43,6 +44,7 @@ def _references(bundles: Iterator[Any]) -> Iterator[BlockRef]:
     for bundle in bundles:
         for entry, block_slice in zip(bundle.blocks, bundle.slices, strict=True):
             if block_slice is None:
-                yield BlockRef(entry.ref)
+                yield BlockRef(entry.ref, rows=entry.metadata.num_rows)
             else:
-                yield BlockRef(entry.ref, block_slice.start_offset, block_slice.end_offset)
+                start, end = block_slice.start_offset, block_slice.end_offset
+                yield BlockRef(entry.ref, start, end, end - start)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from colray.config import Settings
 from colray.job import prepare_job
 from colray.pipeline import run_ingest
-from colray.report import RunReport
+from colray.report import RunOrigin, RunReport
 from colray.sink import Versions, new_version_name, open_sink, open_versions
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,8 @@ def reindex(
     *,
     incremental: bool = False,
     client: Any = None,
+    origin: RunOrigin | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunReport:
     """Rebuild the store behind its stable name and return the run's report.
 
@@ -47,12 +51,17 @@ def reindex(
         if incremental and live is not None:
             migrating = _layout_changes(settings, versions, live, client)
         if incremental and live is not None and not migrating:
-            report = _ingest_into(settings, versions, live, report_path, True, client)
+            report = _ingest_into(
+                settings, versions, live, report_path, True, client, origin, on_progress
+            )
             report.reindex = _summary(cfg.kind, versions, "incremental", live, live, [])
         else:
             version = new_version_name()
             try:
-                report = _ingest_into(settings, versions, version, report_path, incremental, client)
+                report = _ingest_into(
+                    settings, versions, version, report_path, incremental, client, origin,
+                    on_progress,
+                )  # fmt: skip
             except BaseException:
                 # Never served, and a rerun builds a version of its own: nothing to keep.
                 _drop_quietly(versions, version)
@@ -76,9 +85,13 @@ def _ingest_into(
     report_path: str | os.PathLike[str] | None,
     incremental: bool,
     client: Any,
+    origin: RunOrigin | None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunReport:
     versioned = settings.model_copy(update={"sink": versions.sink_for(version)})
-    return run_ingest(versioned, report_path, incremental=incremental, client=client)
+    origin = replace(origin or RunOrigin(), command="reindex")
+    return run_ingest(versioned, report_path, incremental=incremental, client=client,
+                      origin=origin, on_progress=on_progress)  # fmt: skip
 
 
 def _layout_changes(settings: Settings, versions: Versions, live: str, client: Any) -> list[str]:

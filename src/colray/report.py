@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,19 +21,29 @@ import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
+from colray import metrics
+from colray.errors import LostRowsError
 from colray.job import Job
 from colray.points import WriteOutcome
 from colray.resume import ResumeLog
-from colray.rows import DEAD_LETTER_SCHEMA, READ, DeadLetter, dead_letter_key
+from colray.rows import DEAD_LETTER_SCHEMA, READ, DeadLetter, dead_letter_key, retryable, short
 from colray.sink import FinalizeResult, Sink
 from colray.sources import SkipRules
 
 log = logging.getLogger("colray")
 T = TypeVar("T")
 
+PUBLISH_EVERY_S = 5.0  # how often a run tells on_progress (cluster jobs print it to their log)
+RATE_WINDOW_S = 60.0  # rows/s is over this window
 
-class LostRowsError(RuntimeError):
-    """The pipeline's output does not account for every row the source holds."""
+# The exit codes `colray` ends a run with (the CLI's table in README: Exit codes and failures).
+EXIT_FAILED, EXIT_TOO_MANY_FAILED, EXIT_INTERRUPTED = 1, 3, 130
+
+
+def colray_version() -> str:
+    import colray
+
+    return colray.__version__
 
 
 class TooManyFailuresError(RuntimeError):
@@ -50,19 +60,44 @@ class TooManyFailuresError(RuntimeError):
         )
 
 
+@dataclass(frozen=True)
+class RunOrigin:
+    """How a run was asked for: the config file and --set overrides, and the command."""
+
+    config: str | None = None
+    overrides: tuple[str, ...] = ()
+    command: str = "ingest"  # ingest | reindex
+
+
 @dataclass
 class RunReport:
     run_id: str
     started_at: str
+    colray_version: str = ""
+    config: str | None = None  # the config file, when the job came from one
+    overrides: list[str] = field(default_factory=list)
+    mode: str = "ingest"  # ingest | ingest --incremental | reindex | reindex --incremental
+    exit_code: int | None = None  # what `colray` exits with for this run
+    # succeeded | too_many_dead_letters | failed | interrupted; with `error` for the last two.
+    outcome: str = "running"
+    error: str | None = None
     finished_at: str = ""
     duration_s: float = 0.0
     source: str = ""
     model: str = ""
     sink: dict[str, Any] = field(default_factory=dict)
+    # Documents (PDFs): the rows are their pages. rows_in_source grows as documents are split
+    # (each document's pages, or one row for a document that could not be opened), and every
+    # document of the source must have been read.
+    documents_in_source: int | None = None
+    documents_read: int | None = None
     rows_in_source: int = 0
     rows_read: int = 0
     points_written: int = 0
     dead_lettered: int = 0
+    # Of the dead letters: rows whose writes ran out of retries. The resume state keeps them
+    # unfinished, so running the job again retries exactly these.
+    retryable_dead_letters: int = 0
     skipped_existing: int = 0
     duplicate_ids: int = 0  # rows whose id an earlier row of the run had (the later one wins)
     # Files whose footer could not be read: dead-lettered whole, rows unknown, not in rows_*.
@@ -100,7 +135,16 @@ class Ledger:
     """Keeps the run's books while blocks are written; closing it flushes the dead letters and
     the resume log whatever happened."""
 
-    def __init__(self, job: Job, report_path: str | Path | None, *, started: float):
+    def __init__(
+        self,
+        job: Job,
+        report_path: str | Path | None,
+        *,
+        started: float,
+        origin: RunOrigin | None = None,
+        incremental: bool = False,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.job = job
         self.started = started  # perf_counter() when the run began, before the job was checked
         now = dt.datetime.now(dt.UTC)
@@ -116,6 +160,13 @@ class Ledger:
             dead_letter_path=str(self.run_dir / "dead_letters.parquet"),
             report_path=str(report_path or self.run_dir / "report.json"),
         )
+        origin = origin or RunOrigin()
+        self.report.colray_version = colray_version()
+        self.report.config, self.report.overrides = origin.config, list(origin.overrides)
+        self.report.mode = origin.command + (" --incremental" if incremental else "")
+        if job.settings.source.documents:
+            self.report.documents_in_source, self.report.documents_read = job.source.num_rows, 0
+            self.report.rows_in_source = 0
         self.resume = ResumeLog(job.settings.run.dir, job.fingerprint)
         self.finished = self.resume.load()
         self.stored: dict[str, str | None] | None = None  # incremental runs: id -> hash
@@ -124,16 +175,36 @@ class Ledger:
         self.stage_s: collections.Counter[str] = collections.Counter()
         self._dead_out: pq.ParquetWriter | None = None
         self._bar: Any = None
+        self.begun = False  # past the checks: a failure from here on leaves a report
+        self.on_progress = on_progress
+        self._published = 0.0
+        self._history: collections.deque[tuple[float, int]] = collections.deque([(started, 0)])
 
     def __enter__(self) -> Ledger:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
         if self._bar is not None:
             self._bar.close()
         if self._dead_out is not None:
             self._dead_out.close()
         self.resume.close()
+        if error is not None and self.begun:
+            self.save_failed(error)
+
+    def save_failed(self, error: BaseException) -> None:
+        """The report of a run that stopped: what was done so far, and why it stopped."""
+        interrupted = isinstance(error, KeyboardInterrupt)
+        self.report.outcome = "interrupted" if interrupted else "failed"
+        self.report.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_FAILED
+        self.report.error = (
+            "interrupted" if interrupted else f"{type(error).__name__}: {short(error)}"
+        )
+        self._summarise()
+        self.report.save()
+        error.colray_report = self.report  # type: ignore[attr-defined]  # for the CLI
 
     def track_changes(self, stored: dict[str, str | None]) -> None:
         """An incremental run: compare with what the store holds."""
@@ -164,7 +235,8 @@ class Ledger:
         """From here on the run leaves files: the dead letters, then the report."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._dead_out = pq.ParquetWriter(self.report.dead_letter_path, DEAD_LETTER_SCHEMA)
-        self._bar = tqdm(total=self.report.rows_in_source, unit="row", desc="written",
+        unit = "page" if self.report.documents_in_source is not None else "row"
+        self._bar = tqdm(total=self.report.rows_in_source or None, unit=unit, desc="written",
                          disable=not self.job.settings.run.progress)  # fmt: skip
         unreadable = self.job.source.unreadable
         if unreadable:
@@ -188,6 +260,11 @@ class Ledger:
     def record(self, outcome: WriteOutcome) -> None:
         """One block's outcome: counted, its dead letters kept, its rows marked finished."""
         report = self.report
+        if report.documents_read is not None:
+            report.documents_read += outcome.documents
+            report.rows_in_source += outcome.document_rows
+            if self._bar is not None:
+                self._bar.total = max(report.rows_in_source, self._bar.total or 0)
         report.rows_read += outcome.rows
         report.points_written += outcome.points_written
         report.skipped_existing += outcome.skipped
@@ -203,8 +280,51 @@ class Ledger:
             self.seen.update(outcome.written_ids, outcome.skipped_ids, dead_ids)
         if self._bar is not None:
             self._bar.update(outcome.rows)
-        # Only now, with the points in the store, may a restarted run skip these rows.
-        self.resume.record(outcome.written_ids + dead_ids)
+        # Only now, with the points in the store, may a restarted run skip these rows; not
+        # the rows whose writes ran out of retries, which the next run should try again.
+        final = [d["point_id"] for d in outcome.dead_letters if d["point_id"] and not retryable(d)]
+        self.resume.record(outcome.written_ids + final)
+        self._count(outcome)
+        self.publish("loading")
+
+    @staticmethod
+    def _count(outcome: WriteOutcome) -> None:
+        metrics.count("colray_rows_read", outcome.rows)
+        metrics.count("colray_points_written", outcome.points_written)
+        metrics.count("colray_rows_skipped", outcome.skipped, why="done")
+        metrics.count("colray_rows_skipped", outcome.unchanged, why="unchanged")
+        for (stage, error_class), n in collections.Counter(
+            (d["stage"] or "", d["error_class"] or "") for d in outcome.dead_letters
+        ).items():
+            metrics.count("colray_dead_letters", n, stage=stage, error_class=error_class)
+
+    def publish(self, phase: str, *, force: bool = False, **extra: Any) -> None:
+        """Tell `on_progress` how far the run is, at most every PUBLISH_EVERY_S seconds."""
+        now = time.perf_counter()
+        written = self.report.points_written + self.report.skipped_existing
+        self._history.append((now, written))
+        while self._history and now - self._history[0][0] > RATE_WINDOW_S:
+            self._history.popleft()
+        if self.on_progress is None or (not force and now - self._published < PUBLISH_EVERY_S):
+            return
+        self._published = now
+        self.on_progress(self.progress(phase, **extra))
+
+    def progress(self, phase: str, **extra: Any) -> dict[str, Any]:
+        """How far the run is: phase, rows done of the total, rate over the last minute, ETA."""
+        report = self.report
+        done = report.points_written + report.skipped_existing + report.dead_lettered
+        (first_t, first_n), (last_t, last_n) = self._history[0], self._history[-1]
+        rate = (last_n - first_n) / (last_t - first_t) if last_t > first_t else 0.0
+        total = report.rows_in_source
+        left = max(total - done, 0)
+        return {
+            "run_id": report.run_id, "phase": phase, "rows_done": done, "rows_total": total,
+            "points_written": report.points_written, "dead_lettered": report.dead_lettered,
+            "top_dead_letter_reasons": dict(self.reasons.most_common(3)),
+            "rows_per_s": round(rate, 2), "eta_s": round(left / rate) if rate > 0 else None,
+            "elapsed_s": round(self.elapsed(), 1), **extra,
+        }  # fmt: skip
 
     def _write_dead(self, entries: list[DeadLetter], *, count: bool = True) -> None:
         if not entries:
@@ -213,6 +333,7 @@ class Ledger:
         self._dead_out.write_table(pa.Table.from_pylist(entries, DEAD_LETTER_SCHEMA))
         if count:
             self.report.dead_lettered += len(entries)
+            self.report.retryable_dead_letters += sum(map(retryable, entries))
             self.reasons.update(dead_letter_key(d) for d in entries)
 
     def delete_vanished(self, sink: Sink) -> None:
@@ -238,8 +359,7 @@ class Ledger:
         self.report.finalize = asdict(result)
         self.report.points_in_store = points_in_store
 
-    def conclude(self) -> RunReport:
-        """Save the report, then check it: every row accounted for, few enough dead letters."""
+    def _summarise(self) -> None:
         report = self.report
         report.dead_letter_reasons = dict(self.reasons.most_common())
         report.stages_s = {stage: round(seconds, 3) for stage, seconds in self.stage_s.items()}
@@ -248,17 +368,44 @@ class Ledger:
             round(report.rows_read / report.duration_s, 2) if report.duration_s else 0.0
         )
         report.finished_at = dt.datetime.now(dt.UTC).isoformat()
+
+    def conclude(self) -> RunReport:
+        """Save the report, then check it: every row accounted for, few enough dead letters."""
+        report = self.report
+        limit = self.job.settings.run.max_failed_fraction
+        failed = report.dead_lettered / report.rows_read if report.rows_read else 0.0
+        report.outcome = "too_many_dead_letters" if failed > limit else "succeeded"
+        report.exit_code = EXIT_TOO_MANY_FAILED if failed > limit else 0
+        lost = (
+            report.rows_read != report.rows_in_source
+            or report.rows_read != report.accounted()
+            or report.documents_read != report.documents_in_source
+        )
+        if lost:
+            report.outcome, report.error = "failed", "LostRowsError: rows do not add up"
+            report.exit_code = EXIT_FAILED
+        self._summarise()
         report.save()
-        if report.rows_read != report.rows_in_source or report.rows_read != report.accounted():
+        if lost:
+            documents = (
+                f"documents: source {report.documents_in_source}, read {report.documents_read}; "
+                if report.documents_in_source is not None
+                else ""
+            )
             raise LostRowsError(
-                f"rows do not add up: source {report.rows_in_source}, read {report.rows_read}, "
+                f"rows do not add up: {documents}source {report.rows_in_source}, read {report.rows_read}, "
                 f"written {report.points_written}, dead-lettered {report.dead_lettered}, "
                 f"skipped {report.skipped_existing}, unchanged "
                 f"{report.incremental['unchanged'] if report.incremental else 0}"
             )
-        self.resume.clear()
-        limit = self.job.settings.run.max_failed_fraction
-        failed = report.dead_lettered / report.rows_read if report.rows_read else 0.0
+        if report.retryable_dead_letters:
+            log.warning(
+                "%d rows could not be written (transient failures outlasted the retries); "
+                "running the job again retries exactly those",
+                report.retryable_dead_letters,
+            )
+        else:
+            self.resume.clear()
         if failed > limit:
             raise TooManyFailuresError(report, limit)
         return report

@@ -28,10 +28,13 @@ HASH = "_colray_hash"
 # Seconds each stage spent on a row (its block's time shared evenly), so stage timings
 # travel with the data instead of through a separate actor.
 READ_SECONDS = "_colray_read_s"
+SPLIT_SECONDS = "_colray_split_s"  # documents into pages
+RENDER_SECONDS = "_colray_render_s"  # pages to pixels
 DECODE_SECONDS = "_colray_decode_s"
 EMBED_SECONDS = "_colray_embed_s"  # the whole embedding stage, its first-stage encoding too
 FIRST_STAGE_SECONDS = "_colray_first_stage_s"  # of which: the MUVERA encodings
-STAGE_SECONDS = {"read": READ_SECONDS, "decode": DECODE_SECONDS, "embed": EMBED_SECONDS,
+STAGE_SECONDS = {"read": READ_SECONDS, "split": SPLIT_SECONDS, "render": RENDER_SECONDS,
+                 "decode": DECODE_SECONDS, "embed": EMBED_SECONDS,
                  "first_stage": FIRST_STAGE_SECONDS}  # fmt: skip
 
 # Set by the text embedder: the text was longer than the model reads (kept, and flagged).
@@ -41,6 +44,26 @@ TRUNCATED = "_colray_truncated"
 PIXELS = "_colray_pixels"  # uint8 RGB, row-major (height, width, 3)
 WIDTH = "_colray_width"
 HEIGHT = "_colray_height"
+
+
+# Documents: the reader's rows are documents (DOCUMENT: a PDF path/URI for format=pdf); the
+# split stage turns each into page rows, one point each, which the render stage renders.
+DOCUMENT = "_colray_document"
+DOCUMENT_KEY = "_colray_document_key"
+DOCUMENT_START = "_colray_document_start"  # the first row of its document (counts documents)
+PAGE_NUMBER = "_colray_page"  # 1-based
+PAGE_COUNT = "_colray_page_count"  # the document's pages (0: it could not be opened)
+PAGE_SOURCE = "_colray_page_source"  # a local PDF file the page is read from ...
+PAGE_PDF = "_colray_page_pdf"  # ... or the page alone, as a one-page PDF
+PAGE_INDEX = "_colray_page_index"  # 0-based, in PAGE_SOURCE or PAGE_PDF
+PAGE_TEXT = "_colray_page_text"  # the page's text layer
+NO_TEXT = "_colray_no_text"  # optional text was empty: the point has no text vector
+RENDER = "render"  # the stage name of documents' and pages' failures
+
+
+def page_key(document_key: str, page: int) -> str:
+    """A page's row key: its point id is uuid5 of the source and this."""
+    return f"{document_key}#page={page}"
 
 
 def point_id(source_name: str, row_key: str) -> str:
@@ -62,7 +85,7 @@ def count_column(name: str) -> str:
 
 READ = "read"
 DECODE = "decode"
-EMBED = "embed"
+EMBED = "embed"  # RENDER ("render"), for documents, is with their columns above
 WRITE = "write"
 SKIP = "skip"  # not a failure: the row needs no work in this run
 
@@ -97,6 +120,9 @@ def reason(stage: str, error_class: str, message: str) -> str:
     """A row's reason as it travels in the ERROR column."""
     return Reason(stage, error_class, message).encode()
 
+
+# A write whose transient failures outlasted the retries: a dead letter of this run only.
+RETRIES_EXHAUSTED = "RetriesExhausted"
 
 # The two kinds of skip: rows an interrupted run of the same job finished, and rows stored
 # with the same content hash (incremental runs).
@@ -144,6 +170,12 @@ def dead_letter(
 def dead_letter_key(entry: DeadLetter) -> str:
     """How a dead letter is counted in the report: `stage: ErrorClass`."""
     return f"{entry['stage']}: {entry['error_class']}"
+
+
+def retryable(entry: DeadLetter) -> bool:
+    """A dead letter that running the job again may turn into a point: its write ran out of
+    retries on transient failures, nothing is wrong with the row itself."""
+    return entry["stage"] == WRITE and entry["error_class"] == RETRIES_EXHAUSTED
 
 
 # --- table helpers -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from ray.data.datasource import Datasource, ReadTask
 from colray.config import ConfigError, SourceConfig
 from colray.rows import (
     ALREADY_DONE,
+    DOCUMENT,
     ERROR,
     HASH,
     ID,
@@ -78,11 +80,16 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
     if cfg.format == "hf":
         filesystem, root, files, name = _resolve_hf(cfg)
     else:
-        filesystem, root, files = _resolve_parquet_files(cfg.path)
+        suffix = ".pdf" if cfg.format == "pdf" else ".parquet"
+        filesystem, root, files = _resolve_files(cfg.path, suffix)
         name = cfg.path if "://" in cfg.path else str(Path(cfg.path).expanduser().resolve())
     if not files:
-        raise ConfigError([f"source.path: no data files found at {cfg.path!r}"])
-    wanted = [c for c in (cfg.text_column, cfg.image_column) if c] + cfg.payload_columns
+        kind = "PDF files" if cfg.format == "pdf" else "data files"
+        raise ConfigError([f"source.path: no {kind} found at {cfg.path!r}{_format_hint(cfg)}"])
+    if cfg.format == "pdf":
+        return _resolve_pdf_files(cfg, filesystem, root, files, cfg.name or name)
+    embedded = (cfg.text_column, cfg.image_column, cfg.document_column)
+    wanted = [c for c in embedded if c] + cfg.payload_columns
     if cfg.id_column:
         wanted.append(cfg.id_column)
     wanted = list(dict.fromkeys(wanted))
@@ -272,7 +279,10 @@ def read_piece(
     for batch in _iter_batches(source.filesystem, piece, source.columns, cfg.rows_per_block):
         table = pa.Table.from_batches([batch])
         hashes = content_hashes(table, salt)
-        locations = [f"{piece.relative}#{row + i}" for i in range(table.num_rows)]
+        if piece.file_format == "pdf":  # one document: the file is its key and location
+            locations = [piece.relative]
+        else:
+            locations = [f"{piece.relative}#{row + i}" for i in range(table.num_rows)]
         if cfg.id_column:
             keys = [None if v is None else str(v) for v in table.column(cfg.id_column).to_pylist()]
         else:
@@ -315,9 +325,51 @@ def read_piece(
         yield table
 
 
+def _format_hint(cfg: SourceConfig) -> str:
+    """What the folder holds instead, when that is a Hugging Face dataset or PDFs."""
+    folder = Path(cfg.path).expanduser()
+    if not folder.is_dir():
+        return ""
+    names = {p.name for p in folder.iterdir()}
+    if cfg.format != "hf" and names & {"dataset_dict.json", "state.json", "dataset_info.json"}:
+        return " (it is a Hugging Face save_to_disk folder: set source.format=hf)"
+    if cfg.format != "pdf" and any(p.suffix.lower() == ".pdf" for p in folder.rglob("*.pdf")):
+        return " (it holds PDF files: set source.format=pdf)"
+    return ""
+
+
+def _resolve_pdf_files(
+    cfg: SourceConfig, filesystem: pafs.FileSystem, root: str, files: list[tuple[str, str]],
+    name: str,
+) -> ResolvedSource:  # fmt: skip
+    """PDF files, one document row each; their pages are counted when they are split."""
+    pieces = []
+    for index, (path, _) in enumerate(files):
+        size = filesystem.get_file_info(path).size or 0
+        pieces.append(Piece(path, _relative(path, root), "pdf", None, index, 1, size))
+    schema = pa.schema([(DOCUMENT, DOCUMENT_CELL)])
+    return ResolvedSource(cfg, name, pieces, filesystem, [], [], schema)
+
+
+# A document cell as the reader gives it: a local file's path, or (remote files) its bytes.
+DOCUMENT_CELL = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def _pdf_batch(filesystem: pafs.FileSystem, piece: Piece) -> pa.RecordBatch:
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        cell = {"bytes": None, "path": piece.path}
+    else:
+        with filesystem.open_input_file(piece.path) as handle:
+            cell = {"bytes": handle.read(), "path": piece.relative}
+    return pa.RecordBatch.from_arrays([pa.array([cell], DOCUMENT_CELL)], [DOCUMENT])
+
+
 def _iter_batches(
     filesystem: pafs.FileSystem, piece: Piece, columns: list[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
+    if piece.file_format == "pdf":
+        yield _pdf_batch(filesystem, piece)
+        return
     if piece.file_format == "parquet":
         with filesystem.open_input_file(piece.path) as handle:
             parquet = pq.ParquetFile(handle)
@@ -378,6 +430,11 @@ def _column_type_problems(cfg: SourceConfig, schema: pa.Schema, relative: str) -
             f"source.image_column: {cfg.image_column!r} in {relative} has type {dtype}, "
             "expected an image struct {bytes, path}, binary, or a string path"
         )
+    if cfg.document_column and not _is_image(dtype := schema.field(cfg.document_column).type):
+        problems.append(
+            f"source.document_column: {cfg.document_column!r} in {relative} has type {dtype}, "
+            "expected PDF bytes, a {bytes, path} struct, or a string path"
+        )
     return problems
 
 
@@ -394,7 +451,9 @@ def _filesystem_for(path: str) -> tuple[pafs.FileSystem, str]:
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), stripped
 
 
-def _resolve_parquet_files(path: str) -> tuple[pafs.FileSystem, str, list[tuple[str, str]]]:
+def _resolve_files(path: str, suffix: str) -> tuple[pafs.FileSystem, str, list[tuple[str, str]]]:
+    """A file, a directory (read recursively, files ending in `suffix`) or a glob."""
+    file_format = suffix.lstrip(".")
     filesystem, stripped = _filesystem_for(path)
     if any(ch in stripped for ch in "*?["):
         root = stripped.split("*")[0].rsplit("/", 1)[0]
@@ -405,40 +464,57 @@ def _resolve_parquet_files(path: str) -> tuple[pafs.FileSystem, str, list[tuple[
 
             fs, _ = fsspec.core.url_to_fs(path)
             matches = sorted(fs.glob(stripped))
-        return filesystem, root, [(m, "parquet") for m in matches if not m.endswith("/")]
+        return filesystem, root, [(m, file_format) for m in matches if not m.endswith("/")]
     info = filesystem.get_file_info(stripped)
     if info.type == pafs.FileType.NotFound:
         raise ConfigError([f"source.path: {path!r} does not exist"])
     if info.type == pafs.FileType.File:
-        return filesystem, stripped.rsplit("/", 1)[0], [(stripped, "parquet")]
+        return filesystem, stripped.rsplit("/", 1)[0], [(stripped, file_format)]
     listing = filesystem.get_file_info(pafs.FileSelector(stripped, recursive=True))
     files = sorted(
-        i.path for i in listing if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+        i.path for i in listing if i.type == pafs.FileType.File and i.path.lower().endswith(suffix)
     )
-    return filesystem, stripped, [(f, "parquet") for f in files]
+    return filesystem, stripped, [(f, file_format) for f in files]
 
 
 def _resolve_hf(cfg: SourceConfig) -> tuple[pafs.FileSystem, str, list[tuple[str, str]], str]:
     local = Path(cfg.path).expanduser()
-    if local.is_dir():
-        root = local.resolve()
-        if (root / "dataset_dict.json").is_file():
-            root = root / cfg.split
-        if (root / "state.json").is_file():
-            state = json.loads((root / "state.json").read_text())
-            files = [(str(root / f["filename"]), "arrow") for f in state["_data_files"]]
-            return pafs.LocalFileSystem(), str(root), files, str(root)
-        parquet = sorted(str(p) for p in root.rglob("*.parquet"))
-        in_split = [
-            p for p in parquet if f"/{cfg.split}/" in p or Path(p).name.startswith(f"{cfg.split}-")
-        ]
-        return (
-            pafs.LocalFileSystem(),
-            str(root),
-            [(p, "parquet") for p in in_split or parquet],
-            str(root),
-        )
-    return _resolve_hub(cfg)
+    if not local.is_dir():
+        return _resolve_hub(cfg)
+    root = local.resolve()
+    if (root / "dataset_dict.json").is_file():
+        splits = json.loads((root / "dataset_dict.json").read_text()).get("splits", [])
+        _check_split(cfg, splits)
+        root = root / cfg.split
+    if (root / "state.json").is_file():
+        state = json.loads((root / "state.json").read_text())
+        files = [(str(root / f["filename"]), "arrow") for f in state["_data_files"]]
+        return pafs.LocalFileSystem(), str(root), files, str(root)
+    parquet = sorted(str(p) for p in root.rglob("*.parquet"))
+    splits = sorted({split for p in parquet if (split := _split_of(Path(p), root))})
+    if splits:  # an export names its splits: read the configured one, and only it
+        _check_split(cfg, splits)
+        parquet = [p for p in parquet if _split_of(Path(p), root) == cfg.split]
+    return pafs.LocalFileSystem(), str(root), [(p, "parquet") for p in parquet], str(root)
+
+
+def _split_of(path: Path, root: Path) -> str | None:
+    """The split a parquet export's file belongs to: `<split>-00000-of-00001.parquet`, or a
+    folder named after a split (`data/train/...`); None when neither says."""
+    match = re.fullmatch(r"(\w+?)-\d{5}-of-\d{5}\.parquet", path.name)
+    if match:
+        return match.group(1)
+    folders = path.relative_to(root).parts[:-1]
+    known = {"train", "test", "validation", "valid", "dev", "eval"}
+    return next((part for part in reversed(folders) if part in known), None)
+
+
+def _check_split(cfg: SourceConfig, splits: list[str]) -> None:
+    if cfg.split not in splits:
+        raise ConfigError(
+            [f"source.split: {cfg.split!r} is not a split of {cfg.path!r} (it has: "
+             f"{', '.join(sorted(splits)) or 'none'})"]
+        )  # fmt: skip
 
 
 def _resolve_hub(cfg: SourceConfig) -> tuple[pafs.FileSystem, str, list[tuple[str, str]], str]:

@@ -14,10 +14,16 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from colray import metrics
 from colray.config import EmbedConfig, ImageConfig
-from colray.embed import DocumentVectors, load_embedder
-from colray.embed.colpali import ImageModelInfo, PageEmbedding, pool_by_rows_and_columns
-from colray.embed.muvera import muvera_for
+from colray.embed import DocumentVectors, Embedder, load_embedder
+from colray.embed.colpali import (
+    ColPaliFamilyEmbedder,
+    ImageModelInfo,
+    PageEmbedding,
+    pool_by_rows_and_columns,
+)
+from colray.embed.muvera import Muvera, muvera_for
 from colray.embed.pooling import pool_tokens
 from colray.layout import image_vector_names, muvera_vector_name
 from colray.rows import (
@@ -26,6 +32,7 @@ from colray.rows import (
     ERROR,
     FIRST_STAGE_SECONDS,
     HEIGHT,
+    NO_TEXT,
     PIXELS,
     TRUNCATED,
     WIDTH,
@@ -49,22 +56,46 @@ def wait_for_sink(sink_ready: list[Any]) -> None:
 class EmbedStage:
     """Text rows to token multivectors (pooled when `pool_factor` > 1), flagged when cut."""
 
-    def __init__(self, cfg: EmbedConfig, text_column: str, sink_ready: list[Any]):
+    def __init__(
+        self,
+        cfg: EmbedConfig,
+        text_column: str,
+        sink_ready: list[Any],
+        optional: bool = False,
+        tags: dict[str, str] | None = None,
+    ):
+        metrics.use(tags or {})
         self.cfg = cfg
         self.text_column = text_column
-        self.embedder = load_embedder(cfg, use_gpu=cfg.num_gpus > 0)
-        self.muvera = muvera_for(cfg, self.embedder.dim) if cfg.first_stage == "muvera" else None
+        # Optional text (a page's text layer): a row without any gets no text vector and is
+        # flagged instead of dead-lettered.
+        self.optional = optional
+        self._embedder: Embedder | None = None
+        self.muvera: Muvera | None = None
         wait_for_sink(sink_ready)
+
+    @property
+    def embedder(self) -> Embedder:
+        """The model, loaded at the first row to embed: a run whose rows are all unchanged or
+        done (an incremental no-op, a resumed run) never waits for it."""
+        if self._embedder is None:
+            self._embedder = load_embedder(self.cfg, use_gpu=self.cfg.num_gpus > 0)
+            if self.cfg.first_stage == "muvera":
+                self.muvera = muvera_for(self.cfg, self._embedder.dim)
+        return self._embedder
 
     def __call__(self, table: pa.Table) -> pa.Table:
         start = time.perf_counter()
         texts = table.column(self.text_column).to_pylist()
         errors = table.column(ERROR).to_pylist()
         todo = []
+        missing = [False] * len(texts)
         for i, text in enumerate(texts):
             if errors[i] is not None:
                 continue
-            if text is None:
+            if self.optional and not (text or "").strip():
+                missing[i] = True
+            elif text is None:
                 errors[i] = reason(EMBED, "NullText", "text is null")
             elif not text.strip():
                 errors[i] = reason(EMBED, "EmptyText", "text is empty or only whitespace")
@@ -83,13 +114,19 @@ class EmbedStage:
         out = with_errors(table, errors)
         out = _with_arrays(out, self.cfg.vector_name, matrices, len(texts))
         first_stage_s = 0.0
-        if self.muvera is not None:
+        if self.cfg.first_stage == "muvera":
             began = time.perf_counter()
-            encoded = {i: self.muvera.encode_document(m)[None] for i, m in matrices.items()}
+            encoded = {}
+            if matrices:
+                assert self.muvera is not None  # made with the model, which embedded these
+                encoded = {i: self.muvera.encode_document(m)[None] for i, m in matrices.items()}
             first_stage_s = time.perf_counter() - began
             out = _with_arrays(out, muvera_vector_name(self.cfg), encoded, len(texts))
         out = out.append_column(TRUNCATED, pa.array(truncated, pa.bool_()))
+        if self.optional:
+            out = out.append_column(NO_TEXT, pa.array(missing, pa.bool_()))
         out = with_stage_seconds(out, FIRST_STAGE_SECONDS, first_stage_s)
+        metrics.observe("colray_embed_batch_seconds", time.perf_counter() - start)
         return with_stage_seconds(out, EMBED_SECONDS, time.perf_counter() - start)
 
     def _encode(self, texts: list[str]) -> list[DocumentVectors]:
@@ -126,13 +163,30 @@ class ImageEmbedStage:
     """Decoded pages to page multivectors with a ColPali-family model; with the scale-ready
     layout, each page pooled by rows and by columns as well."""
 
-    def __init__(self, cfg: ImageConfig, info: ImageModelInfo, sink_ready: list[Any]):
-        from colray.embed.colpali import ColPaliFamilyEmbedder
-
+    def __init__(
+        self,
+        cfg: ImageConfig,
+        info: ImageModelInfo,
+        sink_ready: list[Any],
+        tags: dict[str, str] | None = None,
+    ):
+        metrics.use(tags or {})
         self.cfg = cfg
         self.names = image_vector_names(cfg)
-        self.embedder = ColPaliFamilyEmbedder(info, cfg, use_gpu=cfg.num_gpus > 0)
+        self.info = info
+        self._embedder: ColPaliFamilyEmbedder | None = None
         wait_for_sink(sink_ready)
+
+    @property
+    def embedder(self) -> ColPaliFamilyEmbedder:
+        """The model, loaded at the first page to embed (as for text)."""
+        if self._embedder is None:
+            from colray.embed.colpali import ColPaliFamilyEmbedder
+
+            self._embedder = ColPaliFamilyEmbedder(
+                self.info, self.cfg, use_gpu=self.cfg.num_gpus > 0
+            )
+        return self._embedder
 
     def __call__(self, table: pa.Table) -> pa.Table:
         from PIL import Image
@@ -160,6 +214,7 @@ class ImageEmbedStage:
         out = with_errors(table.drop_columns([PIXELS, WIDTH, HEIGHT]), errors)
         for name in self.names:
             out = with_vectors(out, name, columns[name], counts[name])
+        metrics.observe("colray_embed_batch_seconds", time.perf_counter() - start)
         return with_stage_seconds(out, EMBED_SECONDS, time.perf_counter() - start)
 
     def _arrays(self, page: PageEmbedding) -> list[np.ndarray] | str:

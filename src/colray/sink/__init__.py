@@ -10,7 +10,7 @@ import base64
 import datetime as dt
 import decimal
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -75,9 +75,15 @@ def hit_from_record(point: Any) -> Hit:
 
 @dataclass
 class FinalizeResult:
+    """How the store became ready: its last status, and what the server said on the way."""
+
     status: str
     indexed_vectors: int | None
     seconds: float
+    points: int | None = None
+    # The server's progress while it indexed: seconds since the switch, status, indexed
+    # vectors and (where the server has the optimizations endpoint) points still queued.
+    progress: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Sink(Protocol):
@@ -90,8 +96,11 @@ class Sink(Protocol):
 
     def write(self, points: list[Point]) -> None: ...
 
-    def finalize(self) -> FinalizeResult:
-        """Switch indexing back on and wait until the store is ready for queries."""
+    def finalize(
+        self, *, progress: bool = False, on_progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> FinalizeResult:
+        """Switch indexing back on and wait until the store is ready for queries, showing the
+        server's indexing progress in a bar when `progress`, and to `on_progress`."""
         ...
 
     def count(self) -> int: ...
@@ -188,6 +197,11 @@ def unreachable(cfg: SinkConfig, exc: Exception) -> SinkError:
         return exc
     from colray.rows import short
 
+    if "already accessed by another instance" in str(exc):  # qdrant-client's local mode
+        return SinkError(
+            f"the local-mode store at {cfg.location()} is open in another process (a running "
+            "ingest?); one process may hold it at a time"
+        )
     return SinkError(f"cannot open the sink ({cfg.location()}): {type(exc).__name__}: {short(exc)}")
 
 

@@ -11,7 +11,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -167,14 +167,17 @@ class EdgeSink:
             )
         )
 
-    def finalize(self) -> FinalizeResult:
+    def finalize(
+        self, *, progress: bool = False, on_progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> FinalizeResult:
         start = time.perf_counter()
         self._open().close()
         # The threshold can only change on load; the vectors must be repeated or it raises.
         self.shard = self._load(self._config(self.cfg.indexing_threshold_kb))
         self.shard.optimize()
         info = self.shard.info()
-        return FinalizeResult("green", info.indexed_vectors_count, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        return FinalizeResult("green", info.indexed_vectors_count, seconds, info.points_count)
 
     def count(self) -> int:
         return self._open().count(qe.CountRequest(exact=True))
@@ -221,7 +224,10 @@ class EdgeSink:
                 return
 
     def points(self, *, with_vectors: bool = True) -> Iterator[Hit]:
-        return (hit_from_record(r) for r in self._scroll(256, with_payload=True, with_vector=with_vectors))
+        return (
+            hit_from_record(r)
+            for r in self._scroll(256, with_payload=True, with_vector=with_vectors)
+        )
 
     def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
         return list(self.points(with_vectors=with_vectors))

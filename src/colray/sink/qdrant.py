@@ -18,8 +18,10 @@ import stamina
 from qdrant_client import QdrantClient, models
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from tqdm import tqdm
 
 from colray.config import SinkConfig
+from colray.errors import IndexingTimeout, RunFailed
 from colray.layout import MIGRATE_HINT, QueryPlan, VectorSpec, layout_problems
 from colray.rows import short
 from colray.sink import (
@@ -166,6 +168,7 @@ class QdrantSink:
         self.owns_client = client is None
         self.client = client if client is not None else make_client(cfg)
         self._call = RetryingCalls(cfg)
+        self.optimizations_endpoint = True  # until the server shows it has none
 
     def prepare(self) -> None:
         if self._exists():
@@ -233,7 +236,9 @@ class QdrantSink:
         ]
         self._call(self.client.upsert, self.collection, points=structs, wait=True)
 
-    def finalize(self) -> FinalizeResult:
+    def finalize(
+        self, *, progress: bool = False, on_progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> FinalizeResult:
         start = time.perf_counter()
         self._call(
             self.client.update_collection,
@@ -242,16 +247,22 @@ class QdrantSink:
                 indexing_threshold=self.cfg.indexing_threshold_kb
             ),
         )
-        deadline = start + self.cfg.ready_timeout_s
+        watch = IndexingWatch(self.collection, start, show=progress, on_progress=on_progress)
+        try:
+            return self._wait_until_ready(watch, start + self.cfg.ready_timeout_s)
+        finally:
+            watch.close()
+
+    def _wait_until_ready(self, watch: IndexingWatch, deadline: float) -> FinalizeResult:
         delay = 0.2
         while True:
             info = self._call(self.client.get_collection, self.collection)
+            status = str(getattr(info.status, "value", info.status))
+            watch.observe(status, info.indexed_vectors_count, info.points_count, self._queued())
             if info.status == models.CollectionStatus.GREEN:
-                return FinalizeResult(
-                    "green", info.indexed_vectors_count, time.perf_counter() - start
-                )
+                return watch.result(status, info.indexed_vectors_count, info.points_count)
             if info.status == models.CollectionStatus.RED:
-                raise SinkError(f"collection {self.collection!r} turned red while indexing")
+                raise RunFailed(f"collection {self.collection!r} turned red while indexing")
             if info.status == models.CollectionStatus.GREY:
                 # Grey means optimizations are pending until any update nudges them.
                 self._call(
@@ -260,12 +271,25 @@ class QdrantSink:
                     optimizers_config=models.OptimizersConfigDiff(),
                 )
             if time.perf_counter() > deadline:
-                raise SinkError(
-                    f"collection {self.collection!r} still {info.status} after "
+                raise IndexingTimeout(
+                    f"collection {self.collection!r} still {status} after "
                     f"{self.cfg.ready_timeout_s:.0f}s (sink.ready_timeout_s)"
                 )
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _queued(self) -> int | None:
+        """Points waiting to be indexed, from Qdrant 1.17's optimizations endpoint; None where
+        the server has none (older servers, local mode)."""
+        if not self.optimizations_endpoint:
+            return None
+        try:
+            return int(
+                self._call(self.client.get_optimizations, self.collection).summary.queued_points
+            )
+        except Exception:  # 404 on older servers, NotImplementedError in local mode
+            self.optimizations_endpoint = False
+            return None
 
     def count(self) -> int:
         return self._call(self.client.count, self.collection, exact=True).count
@@ -314,7 +338,10 @@ class QdrantSink:
                 return
 
     def points(self, *, with_vectors: bool = True) -> Iterator[Hit]:
-        return (hit_from_record(r) for r in self._scroll(256, with_payload=True, with_vectors=with_vectors))
+        return (
+            hit_from_record(r)
+            for r in self._scroll(256, with_payload=True, with_vectors=with_vectors)
+        )
 
     def retrieve_all(self, *, with_vectors: bool = True) -> list[Hit]:
         return list(self.points(with_vectors=with_vectors))
@@ -341,6 +368,49 @@ class QdrantSink:
     def close(self) -> None:
         if self.owns_client:
             self.client.close()
+
+
+class IndexingWatch:
+    """What the server says while it indexes: a progress bar, and the report's record."""
+
+    KEPT = 20  # observations kept for the report: the first, each change, the last ones
+
+    def __init__(
+        self,
+        collection: str,
+        start: float,
+        *,
+        show: bool,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        self.start = start
+        self.on_progress = on_progress
+        self.bar = tqdm(desc=f"indexing {collection}", unit="pt", disable=not show)
+        self.observed: list[dict[str, Any]] = []
+
+    def observe(
+        self, status: str, indexed: int | None, points: int | None, queued: int | None
+    ) -> None:
+        entry = {"s": round(time.perf_counter() - self.start, 2), "status": status,
+                 "indexed_vectors": indexed, "queued_points": queued}  # fmt: skip
+        if not self.observed or {**self.observed[-1], "s": 0} != {**entry, "s": 0}:
+            self.observed.append(entry)
+            self.observed = self.observed[:1] + self.observed[1:][-(self.KEPT - 1) :]
+        if self.on_progress is not None:
+            self.on_progress({**entry, "points": points})
+        if points is not None:
+            self.bar.total = points
+            done = points - queued if queued is not None else min(indexed or 0, points)
+            self.bar.n = done if status != "green" else points
+            self.bar.set_postfix_str(status, refresh=False)
+            self.bar.refresh()
+
+    def result(self, status: str, indexed: int | None, points: int | None) -> FinalizeResult:
+        seconds = time.perf_counter() - self.start
+        return FinalizeResult(status, indexed, seconds, points, self.observed)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class CollectionVersions:

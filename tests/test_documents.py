@@ -1,0 +1,209 @@
+"""PDF documents: one point per page with its payload, page vectors of the rendered page and text
+vectors of its text layer in the same point, hostile documents dead-lettered with their reasons,
+and a killed run that resumes page by page."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pypdfium2 as pdfium
+import pytest
+
+import colray
+from colray.config import load_settings
+from colray.embed import load_embedder
+from colray.embed.colpali import ColPaliFamilyEmbedder
+from colray.job import prepare_job
+from colray.render import render_scale
+from colray.sink import open_sink
+from pdf_data import (
+    LETTER,
+    MANUAL,
+    REPORT,
+    damaged_pdf,
+    empty_pdf,
+    encrypted_pdf,
+    make_pdf,
+    page_text,
+    png_pretending_to_be_pdf,
+    write_pdfs,
+)
+
+ENGINES = {
+    "edge": lambda tmp: {"kind": "edge", "path": str(tmp / "edge")},
+    "qdrant-local": lambda tmp: {"kind": "qdrant", "path": str(tmp / "local"), "collection": "p"},
+}
+
+
+@pytest.fixture(scope="module")
+def pdfs(tmp_path_factory) -> dict[str, bytes]:
+    return {"report.pdf": make_pdf(REPORT, seed=1), "manuals/manual.pdf": make_pdf(MANUAL, seed=2)}
+
+
+def settings_for(tmp_path, source: dict, sink: dict, model: Path, onnx_cache: str, **image):
+    return load_settings(
+        None,
+        base={
+            "source": source,
+            "embed": {"model": "minilm-token", "cache_dir": onnx_cache, "rows_per_call": 4,
+                      "cpus_per_actor": 0.5},
+            "image": {"model": str(model), "batch_size": 2, "rows_per_call": 2,
+                      "cpus_per_actor": 0.5, "decode_cpus": 0.5, **image},
+            "sink": sink,
+            "run": {"dir": str(tmp_path / "runs"), "progress": False, "max_failed_fraction": 1},
+        },
+    )  # fmt: skip
+
+
+def rendered(pdf: bytes, index: int, geometry) -> object:
+    """The page as the model should see it: rendered by PDFium at the model's budget."""
+    from PIL import Image
+
+    page = pdfium.PdfDocument(pdf)[index]
+    width, height = page.get_size()
+    image = page.render(scale=render_scale(geometry, width, height, None)).to_pil().convert("RGB")
+    return image.resize(geometry.target_size(*image.size), Image.Resampling.BICUBIC)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_every_page_is_a_point_with_its_page_and_text_vectors(
+    engine, ray_session, tmp_path, pdfs, vision_models, onnx_cache
+):
+    root = write_pdfs(tmp_path / "pdfs", pdfs)
+    source = {"path": str(root), "format": "pdf", "page_text": True, "name": "docs"}
+    settings = settings_for(tmp_path, source, ENGINES[engine](tmp_path), vision_models["colqwen2"],
+                            onnx_cache)  # fmt: skip
+    report = colray.ingest(settings)
+    assert report.documents_in_source == report.documents_read == 2
+    assert report.rows_in_source == report.rows_read == report.points_written == 5
+    assert report.dead_lettered == 0 and {"split", "render"} <= set(report.stages_s)
+
+    job = prepare_job(settings)
+    store = open_sink(settings.sink, job.layout)
+    store.open_for_reading()
+    points = {(h.payload["document"], h.payload["page"]): h for h in store.retrieve_all()}
+    store.close()
+    assert set(points) == {("report.pdf", 1), ("report.pdf", 2), ("report.pdf", 3),
+                           ("manuals/manual.pdf", 1), ("manuals/manual.pdf", 2)}  # fmt: skip
+    text_model = load_embedder(settings.embed)
+    page_model = ColPaliFamilyEmbedder(job.image_model, settings.image)
+    for (document, page), point in points.items():
+        assert point.payload["page_count"] == (3 if document == "report.pdf" else 2)
+        assert point.payload["_colray"]["key"] == f"{document}#page={page}"
+        pdf = pdfs[document]
+        (expected,) = page_model.embed_images([rendered(pdf, page - 1, job.image_model.geometry)])
+        np.testing.assert_allclose(point.vectors["page"], expected.vectors, atol=1e-4)
+        text = page_text(pdf, page - 1)
+        if not text:  # the scan: a page vector only, and the payload says so
+            assert "text" not in point.vectors and point.payload["_colray"]["text_layer"] is False
+            continue
+        assert "text_layer" not in point.payload["_colray"]
+        (tokens,) = text_model.embed_documents([text])
+        np.testing.assert_allclose(point.vectors["text"], tokens, atol=1e-5)
+    assert points[("report.pdf", 2)].payload["_colray"]["text_layer"] is False
+
+    # The text's two stages (MUVERA prefetch, MaxSim rerank) find the page a query quotes.
+    hits = colray.search(settings, "the invoice number, the date and the total", vector="text")
+    assert (hits[0].payload["document"], hits[0].payload["page"]) == ("report.pdf", 3)
+    assert colray.search(settings, "replace the filter", vector="page", limit=5)
+
+    again = colray.ingest(settings)  # the same page ids: overwritten, nothing added
+    assert again.points_in_store == 5 and again.points_written == 5
+
+
+HOSTILE = {
+    "encrypted": (encrypted_pdf(), "Encrypted", "encrypted or password-protected"),
+    "damaged": (damaged_pdf(), "DamagedPdf", "PDFium cannot read it"),
+    "not-a-pdf": (png_pretending_to_be_pdf(), "NotAPdf", "does not start like a PDF"),
+    "empty": (empty_pdf(), "NoPages", "no pages"),
+    "missing": (None, "Unreadable", "document is null"),
+}
+
+
+@pytest.mark.slow
+def test_pdfs_in_a_column_with_every_kind_of_hostile_document(
+    ray_session, tmp_path, vision_models, onnx_cache
+):
+    # A long thin strip: covering ColPali's square input would take a 4.5M-pixel render.
+    strip = make_pdf([("a normal first page", LETTER), ("a strip", (14400.0, 10.0))], seed=3)
+    rows = [{"doc_id": "manual", "title": "the manual", "pdf": make_pdf(MANUAL)},
+            {"doc_id": "strip", "title": "a poster", "pdf": strip}]  # fmt: skip
+    rows += [{"doc_id": key, "title": key, "pdf": data} for key, (data, _, _) in HOSTILE.items()]
+    path = tmp_path / "documents.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    source = {"path": str(path), "document_column": "pdf", "id_column": "doc_id",
+              "payload_columns": ["title"]}  # fmt: skip
+    settings = settings_for(tmp_path, source, ENGINES["edge"](tmp_path), vision_models["colpali"],
+                            onnx_cache, max_pixels=1_000_000)  # fmt: skip
+    report = colray.ingest(settings)
+    assert report.documents_in_source == report.documents_read == 7
+    # Pages: 2 + 2, and one row for each of the 5 documents that could not be opened.
+    assert report.rows_in_source == report.rows_read == 9
+    assert report.points_written == 3 and report.dead_lettered == 6
+    dead = {d["row_key"]: d for d in pq.read_table(report.dead_letter_path).to_pylist()}
+    assert set(dead) == {*HOSTILE, "strip#page=2"}
+    for key, (_, error_class, words) in HOSTILE.items():
+        assert (dead[key]["stage"], dead[key]["error_class"]) == ("render", error_class), dead[key]
+        assert words in dead[key]["error"], dead[key]
+    strip_page = dead["strip#page=2"]
+    assert (strip_page["stage"], strip_page["error_class"]) == ("render", "PageTooLarge")
+    assert "more than image.max_pixels (1000000)" in strip_page["error"]
+    assert strip_page["source_location"] == "documents.parquet#1#page=2"
+    store = open_sink(settings.sink, prepare_job(settings).layout)
+    store.open_for_reading()
+    titles = {(h.payload["document"], h.payload["page"]): h.payload["title"]
+              for h in store.retrieve_all(with_vectors=False)}  # fmt: skip
+    store.close()
+    assert titles == {("manual", 1): "the manual", ("manual", 2): "the manual",
+                      ("strip", 1): "a poster"}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_long_document_is_resumed_page_by_page_after_a_kill(ray_session, tmp_path, vision_models):
+    pages = [
+        (f"page {n} of a long manual about pumps and valves", (300.0, 200.0)) for n in range(160)
+    ]
+    root = write_pdfs(tmp_path / "pdfs", {"long.pdf": make_pdf(pages)})
+    config = tmp_path / "job.yaml"
+    config.write_text(json.dumps({
+        "source": {"path": str(root), "format": "pdf"},
+        "image": {"model": str(vision_models["colpali"]), "batch_size": 4, "rows_per_call": 4,
+                  "cpus_per_actor": 0.5, "decode_cpus": 0.5},
+        "sink": {"kind": "edge", "path": str(tmp_path / "store")},
+        "run": {"dir": str(tmp_path / "runs"), "progress": False,
+                "ray_address": ray_session.get_runtime_context().gcs_address},
+    }))  # fmt: skip
+    command = [sys.executable, "-m", "colray.cli", "ingest", "--config", str(config)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs: list[Path] = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        logs = list((tmp_path / "runs").glob("resume/*/done.log"))
+        if logs and len(logs[0].read_text().splitlines()) >= 24:
+            break
+        time.sleep(0.1)
+    assert first.poll() is None, "the first run ended before it could be killed"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    done = len(set(logs[0].read_text().split()))
+    assert 24 <= done < 160
+    for _ in range(30):  # the killed driver's store lock goes with its job
+        second = subprocess.run([*command, "--report", str(tmp_path / "r.json")],
+                                capture_output=True, text=True)  # fmt: skip
+        if "open in another process" not in second.stderr:
+            break
+        time.sleep(1)
+    assert second.returncode == 0, second.stderr[-2000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["documents_read"] == 1 and report["rows_read"] == 160
+    assert report["skipped_existing"] >= done and report["points_in_store"] == 160
+    assert report["points_written"] + report["skipped_existing"] == 160

@@ -1,0 +1,167 @@
+"""Operating colray: Prometheus metrics of a running job, and past runs at a glance."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from colray.cli import main
+from colray.config import load_settings
+from colray.report import RunReport
+from qdrant_standin import Faults, QdrantStandIn, free_port
+
+# --- past runs -------------------------------------------------------------------------------
+
+
+def past_run(run_dir: Path, run_id: str, outcome: str | None, **counts) -> Path:
+    folder = run_dir / run_id
+    folder.mkdir(parents=True)
+    if outcome is not None:
+        report = RunReport(run_id=run_id, started_at=f"2026-12-0{run_id[7]}T10:00:00+00:00",
+                           outcome=outcome, report_path=str(folder / "report.json"),
+                           dead_letter_path=str(folder / "dead_letters.parquet"), **counts)  # fmt: skip
+        report.save()
+    return folder
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    root = tmp_path / "runs"
+    past_run(root, "20261201T100000Z-aaaaaa", "succeeded", rows_read=10, points_written=10,
+             duration_s=3.5, exit_code=0)  # fmt: skip
+    failed = past_run(root, "20261202T100000Z-bbbbbb", "failed", rows_read=4, points_written=2,
+                      dead_lettered=2, exit_code=1, error="SinkUnavailable: 5 batches in a row",
+                      dead_letter_reasons={"write: RetriesExhausted": 2})  # fmt: skip
+    pq.write_table(pa.table({"point_id": ["a", "b"]}), failed / "dead_letters.parquet")
+    past_run(root, "20261203T100000Z-cccccc", "interrupted", rows_read=1, exit_code=130)
+    past_run(root, "20261204T100000Z-dddddd", None)  # killed before it wrote its report
+    (root / "resume" / "0123456789abcdef").mkdir(parents=True)
+    (root / "resume" / "0123456789abcdef" / "done.log").write_text("x" * 36 + "\n")
+    return root
+
+
+def test_runs_lists_newest_first(run_dir, capsys):
+    assert main(["runs", "--dir", str(run_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["id"][-6:] for r in rows] == ["dddddd", "cccccc", "bbbbbb", "aaaaaa"]
+    assert [r["outcome"] for r in rows] == ["no report (killed?)", "interrupted", "failed",
+                                            "succeeded"]  # fmt: skip
+    assert rows[3]["written"] == 10 and rows[3]["duration_s"] == 3.5
+    assert rows[3]["report"] == str(run_dir / "20261201T100000Z-aaaaaa" / "report.json")
+    assert main(["runs", "--dir", str(run_dir)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("id") and "20261204T100000Z-dddddd" in table[1]
+
+
+def test_runs_show_reads_a_report_with_its_top_reasons(run_dir, capsys):
+    assert main(["runs", "show", "20261202T10", "--dir", str(run_dir)]) == 0  # a prefix will do
+    text = capsys.readouterr().out
+    assert text.startswith("20261202T100000Z-bbbbbb: failed (exit 1)")
+    assert "error: SinkUnavailable: 5 batches in a row" in text
+    assert "2  write: RetriesExhausted" in text
+    assert f"dead letters: {run_dir / '20261202T100000Z-bbbbbb' / 'dead_letters.parquet'}" in text
+    assert main(["runs", "show", "nope", "--dir", str(run_dir)]) == 2
+
+
+def test_runs_prune_keeps_the_newest_and_every_resume_state(run_dir, capsys):
+    assert main(["runs", "prune", "--keep", "2", "--dir", str(run_dir)]) == 0
+    assert "removed 2 run(s)" in capsys.readouterr().out
+    left = sorted(p.name for p in run_dir.iterdir())
+    assert left == ["20261203T100000Z-cccccc", "20261204T100000Z-dddddd", "resume"]
+    assert (run_dir / "resume" / "0123456789abcdef" / "done.log").is_file()
+
+
+def test_runs_reads_a_jobs_run_dir(tmp_path, run_dir, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"source: {{path: x, text_column: t}}\nrun: {{dir: {run_dir}}}\n")
+    assert load_settings(job).run.dir == str(run_dir)
+    assert main(["runs", "-c", str(job), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 4
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+JOB = """
+import sys, time
+import colray
+try:
+    colray.ingest(sys.argv[1])
+finally:
+    time.sleep(float(sys.argv[2]))  # a last scrape before this process takes Ray down
+"""
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            return answer.read().decode()
+    except OSError:
+        return ""
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"(?:ray_)?{name}(?:_total)?{{(.*)}} ([0-9.e+-]+)$", line)
+        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+@pytest.mark.slow
+def test_a_running_job_exports_its_metrics_to_prometheus(tmp_path, module_docs, onnx_cache):
+    rows = [dict(r) for r in module_docs[:120]] + [
+        {"doc_id": f"blank-{i}", "title": "", "text": " "} for i in range(4)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "docs.parquet")
+    port = free_port()
+    faults = Faults(rate=0.2, seed=2, paths=("/points",))
+    with QdrantStandIn(api_key="metrics-s3cret", faults=faults) as server:
+        (tmp_path / "job.yaml").write_text(json.dumps({
+            "source": {"path": str(tmp_path / "docs.parquet"), "text_column": "text",
+                       "id_column": "doc_id", "rows_per_block": 8},
+            "embed": {"model": "minilm-token", "cache_dir": onnx_cache, "rows_per_call": 8},
+            "sink": {"kind": "qdrant", "url": server.url, "collection": "docs", "writers": 2,
+                     "batch_size": 4, "retry_wait_initial_s": 0.01, "retry_wait_max_s": 0.05,
+                     "retry_attempts": 30},
+            "run": {"dir": str(tmp_path / "runs"), "progress": False, "metrics_port": port,
+                    "max_failed_fraction": 0.5},
+        }))  # fmt: skip
+        env = {**os.environ, "RAY_metrics_report_interval_ms": "1000",
+               "COLRAY_SINK__API_KEY": "metrics-s3cret"}  # fmt: skip
+        env.pop("RAY_ADDRESS", None)
+        job = subprocess.Popen([sys.executable, "-c", JOB, str(tmp_path / "job.yaml"), "20"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        seen: list[float] = []
+        last = ""
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            text = scrape(port)
+            if text:
+                last = text
+                seen.append(value(text, "colray_points_written"))
+            if job.poll() is not None:
+                break
+            time.sleep(0.5)
+        _, err = job.communicate(timeout=60)
+    assert job.returncode == 0, err[-3000:]
+    growing = sorted(set(seen))
+    assert len(growing) >= 3, seen  # scraped while it ran: it grew
+    assert growing[-1] == 120  # and ended at the rows written
+    assert value(last, "colray_rows_read") == 124
+    assert value(last, "colray_dead_letters", stage="embed", error_class="EmptyText") == 4
+    assert value(last, "colray_write_retries") >= sum(faults.injected.values()) > 0
+    assert 'sink="docs"' in last and "run_id=" in last
+    assert "colray_write_batch_seconds" in last and "colray_embed_batch_seconds" in last
+    assert "metrics-s3cret" not in last and server.url not in last
