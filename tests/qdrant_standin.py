@@ -53,6 +53,7 @@ class Faults:
     seed: int = 0
     kinds: tuple[str, ...] = ("500", "502", "503", "429", "drop")
     paths: tuple[str, ...] = ("/points",)  # only requests whose path contains one of these
+    methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE")  # ... and method
     injected: Counter[str] = field(default_factory=Counter)
     # A stretch of requests that all fail (a server that went away for a while).
     outage: int = 0
@@ -62,9 +63,9 @@ class Faults:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
-    def roll(self, path: str, body: bytes = b"") -> tuple[str | None, bool]:
+    def roll(self, method: str, path: str, body: bytes = b"") -> tuple[str | None, bool]:
         """(kind of failure or None, whether to apply the request first)."""
-        if not any(p in path for p in self.paths):
+        if method not in self.methods or not any(p in path for p in self.paths):
             return None, False
         if self.fail_points and any(pid.encode() in body for pid in self.fail_points):
             return "503", False
@@ -167,7 +168,7 @@ class QdrantStandIn:
                     f"JSON payload ({len(body)} bytes) is larger than allowed "
                     f"(limit: {MAX_BODY_BYTES} bytes).",
                 )
-            kind, apply_first = self.faults.roll(request.path, body)
+            kind, apply_first = self.faults.roll(request.method, request.path, body)
             if kind is not None and apply_first:
                 self._route(request.method, request.path, request.query, body)
             if kind is not None:
