@@ -507,3 +507,62 @@ def test_no_file_assigns_a_literal_key() -> None:
         if not allowed.fullmatch(match.group(1).strip("\"'`"))
     ]
     assert found == []
+
+
+# --- metrics: Prometheus and Grafana -----------------------------------------------------
+
+
+def exported_names() -> set[str]:
+    """What Prometheus sees for colray's metrics: Ray prefixes ray_, counters end in _total."""
+    from colray.metrics import METRICS
+
+    names = set()
+    for name, (kind, _, _) in METRICS.items():
+        if kind == "counter":
+            names.add(f"ray_{name}_total")
+        elif kind == "histogram":
+            names |= {f"ray_{name}_{part}" for part in ("bucket", "sum", "count")}
+        else:
+            names.add(f"ray_{name}")
+    return names
+
+
+def test_prometheus_scrapes_every_ray_nodes_metrics_export_port() -> None:
+    (compose,) = load_docs(COMPOSE_FILE)
+    services = compose["services"]
+    ports = {}
+    for node in ("ray-head", "ray-gpu-worker"):
+        match = re.search(r"--metrics-export-port=(\d+)", services[node]["command"])
+        assert match, f"{node} does not export metrics"
+        ports[node] = match.group(1)
+    prometheus = services["prometheus"]
+    assert any(v.endswith(":/etc/prometheus/prometheus.yml:ro") for v in prometheus["volumes"])
+    (config,) = load_docs(INFRA / "prometheus.yml")
+    targets = {t for job in config["scrape_configs"] for s in job["static_configs"]
+               for t in s["targets"]}  # fmt: skip
+    assert targets == {f"{node}:{port}" for node, port in ports.items()}
+    for service in ("prometheus", "grafana"):
+        assert all(str(p).startswith("127.0.0.1:") for p in services[service]["ports"])
+
+
+def test_the_grafana_dashboard_charts_only_metrics_colray_exports() -> None:
+    import json
+
+    dashboard = json.loads((INFRA / "grafana" / "dashboards" / "colray.json").read_text())
+    (source,) = load_docs(INFRA / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
+    uid = source["datasources"][0]["uid"]
+    used = set()
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == uid
+        for target in panel["targets"]:
+            used |= set(re.findall(r"\bray_colray_\w+", target["expr"]))
+    assert used and used <= exported_names(), used - exported_names()
+    # Every metric colray records is on the dashboard in some form.
+    from colray.metrics import METRICS
+
+    assert {n for n in METRICS} == {re.sub(r"^ray_|_(total|bucket)$", "", n) for n in used}
+    (compose,) = load_docs(COMPOSE_FILE)
+    mounts = compose["services"]["grafana"]["volumes"]
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards:ro" in mounts
+    (provider,) = load_docs(INFRA / "grafana" / "provisioning" / "dashboards" / "colray.yml")
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"

@@ -44,26 +44,39 @@ def _get(name: str) -> Any:
         return _metrics[name]
 
 
+# name: (kind, description, tag keys besides TAG_KEYS). Prometheus sees them as ray_<name>
+# (counters with _total), since Ray's export prefixes every application metric.
+METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "colray_rows_read": ("counter", "Rows (or document pages) read.", ()),
+    "colray_points_written": ("counter", "Points written to the sink.", ()),
+    "colray_rows_skipped": ("counter", "Rows skipped: done earlier or unchanged.", ("why",)),
+    "colray_dead_letters": ("counter", "Rows dead-lettered.", ("stage", "error_class")),
+    "colray_write_retries": ("counter", "Sink calls retried.", ("reason",)),
+    "colray_rows_in_flight": ("gauge", "Rows handed to writers, not yet written.", ()),
+    "colray_write_batch_seconds": (
+        "histogram",
+        "Seconds per sink write batch, retries included.",
+        (),
+    ),
+    "colray_embed_batch_seconds": (
+        "histogram",
+        "Seconds per embedding call (a block of rows).",
+        (),
+    ),
+}
+
+
 def _make(name: str) -> Any:
     from ray.util.metrics import Counter, Gauge, Histogram
 
-    described = {
-        "colray_rows_read": (Counter, "Rows (or document pages) read.", ()),
-        "colray_points_written": (Counter, "Points written to the sink.", ()),
-        "colray_rows_skipped": (Counter, "Rows skipped: done earlier or unchanged.", ("why",)),
-        "colray_dead_letters": (Counter, "Rows dead-lettered.", ("stage", "error_class")),
-        "colray_write_retries": (Counter, "Sink calls retried.", ("reason",)),
-        "colray_rows_in_flight": (Gauge, "Rows handed to writers, not yet written.", ()),
-    }
-    if name in described:
-        kind, description, extra = described[name]
-        return kind(name, description=description, tag_keys=(*TAG_KEYS, *extra))
-    descriptions = {
-        "colray_write_batch_seconds": "Seconds per sink write batch, retries included.",
-        "colray_embed_batch_seconds": "Seconds per embedding call (a block of rows).",
-    }
-    return Histogram(name, description=descriptions[name], boundaries=LATENCY_BOUNDS,
-                     tag_keys=TAG_KEYS)  # fmt: skip
+    kind, description, extra = METRICS[name]
+    tag_keys = (*TAG_KEYS, *extra)
+    if kind == "histogram":
+        return Histogram(name, description=description, boundaries=LATENCY_BOUNDS,
+                         tag_keys=tag_keys)  # fmt: skip
+    return {"counter": Counter, "gauge": Gauge}[kind](
+        name, description=description, tag_keys=tag_keys
+    )
 
 
 def count(name: str, value: float = 1.0, **tags: str) -> None:
