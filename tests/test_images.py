@@ -4,6 +4,8 @@ image and text+image pipelines on both sink engines."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from colray.embed.colpali import (
     PageEmbedding,
     describe_image_model,
     pool_by_rows_and_columns,
+    qwen_smart_resize,
 )
 from colray.job import prepare_job
 from colray.sink import open_sink
@@ -172,6 +175,41 @@ def test_decode_refuses_bombs_garbage_and_nulls():
         decode_image(None, QWEN, 10**7)
     with pytest.raises(ImageRejected, match="cannot read"):
         decode_image("/nonexistent/page.png", QWEN, 10**7)
+    with pytest.raises(ImageRejected, match="aspect ratio must be smaller than 200"):
+        decode_image(png_bytes(Image.new("RGB", (1, 250), "white")), QWEN, 10**7)
+
+
+def test_our_smart_resize_is_transformers_smart_resize():
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    rng = np.random.default_rng(0)
+    budgets = [(28, 28 * 28 * 4, 28 * 28 * 16), (28, 3136, 602_112), (32, 4096, 16_384)]
+    for factor, low, high in budgets:
+        for height, width in rng.integers(1, 6000, size=(400, 2)).tolist():
+            if max(height, width) / min(height, width) > 200:
+                continue
+            ours = qwen_smart_resize(height, width, factor, low, high)
+            assert ours == smart_resize(height, width, factor, low, high), (height, width)
+
+
+def test_decoding_a_qwen_page_does_not_import_transformers():
+    """Each decode worker would otherwise pay seconds and hundreds of MB for one function."""
+    code = (
+        "import sys\n"
+        "from colray.decode import decode_image\n"
+        "from colray.embed.colpali import ImageGeometry\n"
+        "from page_data import page_image, png_bytes\n"
+        "geometry = ImageGeometry('qwen', factor=28, min_pixels=3136, max_pixels=602112)\n"
+        "_, w, h = decode_image(png_bytes(page_image(900, 1200, 1)), geometry, 10**8)\n"
+        "assert (w % 28, h % 28) == (0, 0)\n"
+        "print(sorted(m for m in ('transformers', 'torch') if m in sys.modules))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).parent,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
 
 
 # --- configuration ------------------------------------------------------------------------

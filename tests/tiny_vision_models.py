@@ -57,12 +57,19 @@ QWEN_TEXT_HIDDEN = 32  # the language model's width, which the vision merger mus
 QWEN_MIN_PIXELS = (QWEN_PATCH * QWEN_MERGE) ** 2 * 4  # at least 4 merged image tokens
 QWEN_MAX_PIXELS = (QWEN_PATCH * QWEN_MERGE) ** 2 * 16  # at most 16 merged image tokens
 
+# Qwen3-VL geometry: 16-pixel patches, the same 2x2 merge, pixel bounds kept in `size` only.
+QWEN3_PATCH = 16
+QWEN3_MIN_PIXELS = (QWEN3_PATCH * QWEN_MERGE) ** 2 * 4
+QWEN3_MAX_PIXELS = (QWEN3_PATCH * QWEN_MERGE) ** 2 * 16
+
 # PaliGemma geometry: a fixed square image cut into a grid of 14-pixel patches.
 PALI_PATCH, PALI_IMAGE = 14, 56  # a 4x4 grid: 16 image tokens
 
 
-def _train_byte_level_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Vocab and merges of a byte-level BPE (GPT-2 / Qwen2 style), the Qwen2-VL specials first."""
+def _train_byte_level_bpe(
+    vocab_size: int, specials: list[str] = QWEN2_VL_SPECIALS
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocab and merges of a byte-level BPE (GPT-2 / Qwen2 style), the specials first."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -70,7 +77,7 @@ def _train_byte_level_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[s
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=1,
-        special_tokens=QWEN2_VL_SPECIALS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -228,8 +235,69 @@ def build_tiny_colqwen2_5(out_dir: Path, *, seed: int = 0) -> Path:
     )
 
 
-def _gemma_tokenizer() -> GemmaTokenizer:
-    """A Gemma-style tokenizer (▁ for spaces, BPE with byte fallback), Gemma's special ids 0-4."""
+def build_tiny_colqwen3(out_dir: Path, *, seed: int = 0) -> Path:
+    """A ColQwen3 (Qwen3-VL backbone: 16-pixel patches, DeepStack) that `ColQwen3` loads.
+
+    colpali-engine fixes its head at 320 dims (`self.dim = 320`), not 128.
+    """
+    from colpali_engine.models import ColQwen3, ColQwen3Processor
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLVideoProcessor
+
+    tokenizer = _qwen2_tokenizer()
+    # Qwen3-VL's preprocessor_config.json keeps only `size` as pixel bounds (no min/max_pixels).
+    common: dict[str, Any] = {
+        "size": {"shortest_edge": QWEN3_MIN_PIXELS, "longest_edge": QWEN3_MAX_PIXELS},
+        "patch_size": QWEN3_PATCH,
+        "temporal_patch_size": QWEN_TEMPORAL,
+        "merge_size": QWEN_MERGE,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    processor = ColQwen3Processor(
+        image_processor=Qwen2VLImageProcessor(**common),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(**common),
+    )
+    text_config = {
+        **_qwen_text_config(tokenizer),
+        "head_dim": 16,
+        # Interleaved M-RoPE: each section * 3 must fit in head_dim / 2 = 8 frequencies.
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5_000_000.0,
+            "mrope_section": [4, 2, 2],
+            "mrope_interleaved": True,
+        },
+    }
+    config = Qwen3VLConfig(
+        text_config=text_config,
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": QWEN_TEXT_HIDDEN,
+            "num_position_embeddings": 64,  # an 8x8 table, interpolated to each page's grid
+            "deepstack_visual_indexes": [0],
+            "patch_size": QWEN3_PATCH,
+            "spatial_merge_size": QWEN_MERGE,
+            "temporal_patch_size": QWEN_TEMPORAL,
+        },
+        dtype="float32",
+        **_qwen_special_ids(tokenizer),
+    )
+    torch.manual_seed(seed)
+    return _save_float32(ColQwen3(config), processor, out_dir)
+
+
+def _gemma_tokenizer(
+    named: dict[str, str] | None = None, extra: list[str] | None = None
+) -> GemmaTokenizer:
+    """A Gemma-style tokenizer (▁ for spaces, BPE with byte fallback), Gemma's special ids 0-4.
+
+    `named` special tokens become attributes (`tokenizer.boi_token`), as Gemma 3's
+    tokenizer_config.json names them; `extra` ones (chat turns) are kept whole too.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     # transformers 5: `GemmaTokenizerFast` is an alias of `GemmaTokenizer` (tokenizers backend).
@@ -251,6 +319,8 @@ def _gemma_tokenizer() -> GemmaTokenizer:
     # Gemma's layout: the specials, then the 256 byte-fallback pieces, then the learned pieces.
     pieces = GEMMA_SPECIALS + [f"<0x{b:02X}>" for b in range(256)]
     pieces += sorted((p for p in trained if p not in pieces), key=trained.__getitem__)
+    specials = [*(extra or []), *(named or {}).values()]
+    pieces += specials
     vocab = {piece: i for i, piece in enumerate(pieces)}
     tokenizer = GemmaTokenizer(
         vocab=vocab,
@@ -259,7 +329,10 @@ def _gemma_tokenizer() -> GemmaTokenizer:
         add_eos_token=False,
         model_max_length=8192,
         padding_side="right",  # as ColPali's published tokenizer_config.json (v1.2 on) says
+        **({"extra_special_tokens": named} if named else {}),
     )
+    if extra:
+        tokenizer.add_tokens(extra, special_tokens=True)
     return tokenizer
 
 
@@ -319,3 +392,189 @@ def build_tiny_colpali(out_dir: Path, *, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     return _save_float32(ColPali(config), processor, out_dir)
+
+
+# Gemma 3 geometry: a fixed square page, SigLIP's 8x8 patches average-pooled to a 4x4 grid.
+GEMMA3_PATCH, GEMMA3_IMAGE, GEMMA3_TOKENS = 14, 112, 16
+GEMMA3_NAMED = {
+    "boi_token": "<start_of_image>",
+    "eoi_token": "<end_of_image>",
+    "image_token": "<image_soft_token>",
+}
+GEMMA3_TURNS = ["<start_of_turn>", "<end_of_turn>"]
+# Gemma 3's chat layout, trimmed to what ColGemmaProcessor3 sends: text and image parts.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<start_of_image>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+
+def build_tiny_colgemma3(out_dir: Path, *, seed: int = 0) -> Path:
+    """A ColGemma3 (Gemma 3: SigLIP, pooled image tokens, Gemma 3 text) that `ColGemma3` loads.
+
+    A page is resized to a fixed square and becomes GEMMA3_TOKENS image tokens in one block
+    (`<start_of_image>` + a row-major 4x4 grid + `<end_of_image>`), after the turn's opening.
+    """
+    from colpali_engine.models import ColGemma3, ColGemmaProcessor3
+    from transformers import Gemma3Config, Gemma3ImageProcessor
+
+    tokenizer = _gemma_tokenizer(GEMMA3_NAMED, GEMMA3_TURNS)
+    tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
+    image_processor = Gemma3ImageProcessor(
+        size={"height": GEMMA3_IMAGE, "width": GEMMA3_IMAGE},
+        resample=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_pan_and_scan=False,
+    )
+    processor = ColGemmaProcessor3(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+        image_seq_length=GEMMA3_TOKENS,
+    )
+    hidden = 32
+    config = Gemma3Config(
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": hidden,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": GEMMA3_IMAGE,
+            "patch_size": GEMMA3_PATCH,
+            "vision_use_head": False,
+        },
+        text_config={
+            "model_type": "gemma3_text",
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 16,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "max_position_embeddings": 1024,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        mm_tokens_per_image=GEMMA3_TOKENS,
+        boi_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_NAMED["boi_token"]),
+        eoi_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_NAMED["eoi_token"]),
+        image_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_NAMED["image_token"]),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = ColGemma3(config)
+    with torch.no_grad():
+        # Gemma 3 zero-initialises the image projection; a trained one is not zero.
+        model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.02)
+    return _save_float32(model, processor, out_dir)
+
+
+# Idefics3 geometry (SmolVLM / ColSmol): a page's longest edge is resized to IDEFICS3_LONGEST,
+# cut into IDEFICS3_TILE squares (here at most 2x2) plus the whole page as a global tile; each
+# tile's 4x4 patches are pixel-shuffled (2x2) into IDEFICS3_TOKENS image tokens.
+IDEFICS3_PATCH, IDEFICS3_TILE, IDEFICS3_SCALE, IDEFICS3_LONGEST = 8, 32, 2, 64
+IDEFICS3_TOKENS = (IDEFICS3_TILE // IDEFICS3_PATCH) ** 2 // IDEFICS3_SCALE**2
+IDEFICS3_SPECIALS: list[str] = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+    "<end_of_utterance>",
+    # Idefics3Processor looks up a 6x6 grid of tile tags, as SmolVLM's tokenizer holds them.
+    *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)),
+]
+
+
+def build_tiny_colidefics3(out_dir: Path, *, seed: int = 0) -> Path:
+    """A ColIdefics3 (Idefics3: SigLIP-style tiles, pixel shuffle, Llama text) that `ColIdefics3`
+    loads; 128-dim vectors.
+
+    A page becomes up to 2x2 tiles plus a global tile, each `<fake_token_around_image>` + a tag
+    (`<row_R_col_C>` or `<global-img>`) + IDEFICS3_TOKENS `<image>` tokens: no single grid.
+    """
+    from colpali_engine.models import ColIdefics3, ColIdefics3Processor
+    from transformers import GPT2Tokenizer, Idefics3Config, Idefics3ImageProcessor
+
+    # SmolVLM's tokenizer: byte-level BPE (GPT-2 class), its specials kept whole.
+    vocab, merges = _train_byte_level_bpe(vocab_size=600, specials=IDEFICS3_SPECIALS)
+    tokenizer = GPT2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|im_end|>",
+        extra_special_tokens=IDEFICS3_SPECIALS[3:],
+        model_max_length=8192,
+        padding_side="left",  # ColIdefics3Processor forces left anyway
+    )
+    image_processor = Idefics3ImageProcessor(
+        size={"longest_edge": IDEFICS3_LONGEST},
+        max_image_size={"longest_edge": IDEFICS3_TILE},
+        resample=1,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_image_splitting=True,
+    )
+    processor = ColIdefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=IDEFICS3_TOKENS
+    )
+    tokenizer = processor.tokenizer
+    hidden = 32
+    config = Idefics3Config(
+        vision_config={
+            "hidden_size": hidden,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IDEFICS3_TILE,
+            "patch_size": IDEFICS3_PATCH,
+        },
+        text_config={
+            "model_type": "llama",
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "max_position_embeddings": 1024,
+            "rms_norm_eps": 1e-5,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        scale_factor=IDEFICS3_SCALE,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = ColIdefics3(config)
+    # _save_float32's recipe; colpali-engine names this head `linear`, not `custom_text_proj`.
+    with torch.no_grad():
+        model.linear.bias.normal_(0.0, 0.02)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.to(torch.float32).eval()
+    model.save_pretrained(str(out_dir))
+    processor.save_pretrained(str(out_dir))
+    return out_dir

@@ -652,10 +652,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':<28}{'kind':<7}{'profile':<9}{'dims':>5}  source")
+    name_w = max(len("name"), *(len(r["name"]) for r in rows)) + 2
+    profile_w = max(len("profile"), *(len(r["profile"] or "-") for r in rows)) + 2
+    print(f"{'name':<{name_w}}{'kind':<7}{'profile':<{profile_w}}{'dims':>5}  source")
     for r in rows:
         profile = r["profile"] or "-"
-        print(f"{r['name']:<28}{r['kind']:<7}{profile:<9}{r['dims']:>5}  {r['source']}")
+        print(
+            f"{r['name']:<{name_w}}{r['kind']:<7}{profile:<{profile_w}}{r['dims']:>5}  {r['source']}"
+        )
     return 0
 
 

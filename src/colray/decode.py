@@ -57,7 +57,10 @@ def decode_image(cell: Any, geometry: ImageGeometry, max_pixels: int) -> tuple[b
             raise ImageRejected(f"cannot decode image: {type(exc).__name__}: {exc}") from None
         finally:
             Image.MAX_IMAGE_PIXELS = previous
-    target = geometry.target_size(*image.size)
+    try:
+        target = geometry.target_size(*image.size)
+    except ValueError as exc:  # e.g. a strip too long and thin for the model's resizing
+        raise ImageRejected(str(exc)) from None
     if target != image.size:
         image = image.resize(target, Image.Resampling.BICUBIC)
     return image.tobytes(), image.width, image.height

@@ -84,8 +84,8 @@ def _image_model(settings: Settings) -> ImageModelInfo:
     if settings.image.pooled and info.grid is None:
         raise ConfigError(
             [
-                f"image.pooled: {info.family} models split pages into tiles with no single "
-                "patch grid to pool over; set image.pooled=false"
+                f"image.pooled: this {info.family} model splits pages into tiles or crops "
+                "(no single patch grid to pool over); set image.pooled=false"
             ]
         )
     return info

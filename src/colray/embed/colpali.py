@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
     from colray.config import ImageConfig
 
-# colpali-engine's projection head: every family below maps to 128 dims (`self.dim = 128`).
+# colpali-engine's projection head: 128 dims (`self.dim = 128`) for every family but ColQwen3
+# (`self.dim = 320`). The checkpoint's own head decides (see _projection_dim); this is the fallback.
 COLPALI_ENGINE_DIM = 128
 
 
@@ -44,6 +45,16 @@ IMAGE_FAMILIES: dict[str, ImageFamily] = {
                     "a merged ColQwen2 directory or Hub id (vidore/colqwen2-v1.0-merged)"),
         ImageFamily("qwen2_5_vl", "ColQwen2.5", "ColQwen2_5", "ColQwen2_5_Processor", "qwen",
                     "a merged ColQwen2.5 directory or Hub id (vidore/colqwen2.5-v0.2)"),
+        ImageFamily("qwen3_vl", "ColQwen3", "ColQwen3", "ColQwen3Processor", "qwen",
+                    "a merged ColQwen3 directory or Hub id (Qwen3-VL backbone, 320 dims)", 320),
+        ImageFamily("qwen3_5", "ColQwen3.5", "ColQwen3_5", "ColQwen3_5Processor", "qwen",
+                    "a merged ColQwen3.5 directory or Hub id (Qwen3.5 backbone)"),
+        ImageFamily("qwen2_5_omni_thinker", "ColQwen2.5-Omni", "ColQwen2_5Omni",
+                    "ColQwen2_5OmniProcessor", "qwen",
+                    "a merged ColQwen2.5-Omni (thinker) directory or Hub id"),
+        # Gemma 3 average-pools SigLIP's patches to mm_tokens_per_image (256 = 16x16) tokens.
+        ImageFamily("gemma3", "ColGemma3", "ColGemma3", "ColGemmaProcessor3", "square",
+                    "a merged ColGemma3 directory or Hub id (Gemma 3 backbone); no pan-and-scan"),
         ImageFamily("idefics3", "ColIdefics3", "ColIdefics3", "ColIdefics3Processor", None,
                     "a ColIdefics3/ColSmol directory or Hub id; image.pooled=false (tiled)"),
         ImageFamily("modernvbert", "ColModernVBert", "ColModernVBert", "ColModernVBertProcessor",
@@ -68,17 +79,40 @@ class ImageGeometry:
         if self.mode == "fixed":
             return self.width, self.height
         if self.mode == "qwen":
-            from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-            new_h, new_w = smart_resize(
-                height, width, factor=self.factor, min_pixels=self.min_pixels,
-                max_pixels=self.max_pixels,
-            )  # fmt: skip
+            new_h, new_w = qwen_smart_resize(
+                height, width, self.factor, self.min_pixels, self.max_pixels
+            )
             return new_w, new_h
         if self.mode == "longest_edge" and max(width, height) > self.longest_edge:
             scale = self.longest_edge / max(width, height)
             return max(1, round(width * scale)), max(1, round(height * scale))
         return width, height
+
+
+def qwen_smart_resize(
+    height: int, width: int, factor: int, min_pixels: int, max_pixels: int
+) -> tuple[int, int]:
+    """transformers' Qwen2-VL `smart_resize`, line for line (a test compares the two).
+
+    Kept here because importing transformers costs each decode worker seconds and hundreds
+    of MB for one small function; Qwen2/2.5/3-VL, Qwen3.5 and Omni processors all use it.
+    """
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than 200, got "
+            f"{max(height, width) / min(height, width)}"
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
 
 @dataclass(frozen=True)
@@ -111,35 +145,45 @@ def describe_image_model(model: str) -> ImageModelInfo:
             f"model_type {family!r} in {config_path} is not a ColPali-family model "
             f"(known: {', '.join(IMAGE_FAMILIES)})"
         )
+    known = IMAGE_FAMILIES[family]
+    image_processor = _image_processor_config(model_dir)
+    grid = known.grid
+    if image_processor.get("do_pan_and_scan"):
+        grid = None  # Gemma 3's pan-and-scan adds a grid per crop: no single grid per page
     return ImageModelInfo(
         model_dir,
         family,
-        _projection_dim(model_dir),
-        _geometry(model_dir),
-        IMAGE_FAMILIES[family].grid,
+        _projection_dim(model_dir, known.dim),
+        _geometry(image_processor),
+        grid,
     )
 
 
-def _projection_dim(model_dir: Path) -> int:
+def _projection_dim(model_dir: Path, default: int = COLPALI_ENGINE_DIM) -> int:
     """The projection head's output size, read from the safetensors header (no weights loaded)."""
     from safetensors import safe_open
 
     for path in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(path), framework="numpy") as weights:
             for name in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                if name.endswith("custom_text_proj.weight"):
+                # ColIdefics3 names its head `linear`; the other families `custom_text_proj`.
+                if name.endswith("custom_text_proj.weight") or name == "linear.weight":
                     return int(weights.get_slice(name).get_shape()[0])
-    return COLPALI_ENGINE_DIM
+    return default
 
 
-def _geometry(model_dir: Path) -> ImageGeometry:
+def _image_processor_config(model_dir: Path) -> dict[str, Any]:
     # Hub repositories keep preprocessor_config.json; transformers 5 saves processor_config.json.
     pre = model_dir / "preprocessor_config.json"
     if pre.is_file():
-        config = json.loads(pre.read_text())
-    else:
-        proc = model_dir / "processor_config.json"
-        config = json.loads(proc.read_text()).get("image_processor", {}) if proc.is_file() else {}
+        return dict(json.loads(pre.read_text()))
+    proc = model_dir / "processor_config.json"
+    return dict(json.loads(proc.read_text()).get("image_processor", {})) if proc.is_file() else {}
+
+
+def _geometry(config: dict[str, Any]) -> ImageGeometry:
+    """Qwen2-VL style processors (Qwen2/2.5-VL, Qwen3-VL, Qwen3.5, Omni) keep patch_size and
+    merge_size, with pixel bounds in min/max_pixels or in size's shortest/longest_edge."""
     size = config.get("size") or {}
     if "merge_size" in config and "patch_size" in config:
         return ImageGeometry(
@@ -275,11 +319,17 @@ class ColPaliFamilyEmbedder:
             n_patches = int(is_patch.sum())
             patch_start = int(np.argmax(is_patch)) if n_patches else 0
             grid = self._grid(n_patches, None if launched.grids is None else launched.grids[i])
+            if grid is not None and not is_patch[patch_start : patch_start + n_patches].all():
+                grid = None  # the image tokens are not one block: no grid to pool over
             pages.append(PageEmbedding(vectors, patch_start, grid))
         return pages
 
     def _grid(self, n_patches: int, thw: list[int] | None) -> tuple[int, int] | None:
         if self.info.grid == "square":
+            # Gemma 3 says how many tokens a page pools to; PaliGemma's count is the whole grid.
+            expected = getattr(self.model.config, "mm_tokens_per_image", None)
+            if expected is not None and n_patches != expected:
+                return None
             side = math.isqrt(n_patches)
             return (side, side) if side * side == n_patches and side else None
         if self.info.grid == "qwen" and thw is not None:
