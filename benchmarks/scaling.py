@@ -9,12 +9,17 @@ Peak PSS covers the driver and every Ray worker.
 
     uv run python benchmarks/scaling.py [--sizes 1000,10000,50000] [--model minilm-token]
     uv run python benchmarks/scaling.py --sizes 10000,100000 --loop-sizes 10000  # ~50 min
+    uv run --group bench python benchmarks/scaling.py --plot-only  # redraw docs/scaling.png
+
+Each run also writes docs/scaling.json and, with matplotlib (the bench group), docs/scaling.png:
+throughput and peak memory against the corpus size.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import shutil
 import sysconfig
@@ -37,6 +42,7 @@ from colray.embed import load_embedder
 from colray.pipeline import ensure_ray
 
 MB = 2**20
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 CACHE = Path.home() / ".cache" / "colray" / "bench"
 
 
@@ -115,6 +121,60 @@ def measure(
     return timings, memory
 
 
+def save(results: list[tuple[int, dict[str, float], dict[str, PeakRss]]], args) -> list[dict]:
+    """The run's numbers as docs/scaling.json: docs/s per variant and peak PSS in MB."""
+    rows = []
+    for size, timings, memory in results:
+        row: dict = {"rows": size}
+        row |= {f"{n}_docs_s": size / timings[n] for n in ("raw", "tutorial", "pipeline")
+                if n in timings}  # fmt: skip
+        for name, peak in memory.items():
+            row[f"{name}_pss_mb"] = peak.peak / MB
+            row[f"{name}_working_mb"] = peak.peak_working / MB
+        row["embed_busy"] = timings["embed_busy"]
+        rows.append(row)
+    (DOCS / "scaling.json").write_text(json.dumps(
+        {"model": args.model, "doc_maxlen": args.doc_maxlen, "cores": os.cpu_count(),
+         "embed_threads": args.embed_threads, "results": rows}, indent=2) + "\n")  # fmt: skip
+    return rows
+
+
+def plot(measured: dict, out: Path) -> None:
+    """Throughput and peak memory against corpus size, one line per variant."""
+    try:
+        import matplotlib
+    except ImportError:  # the bench group is not installed: the JSON is still written
+        print("plot skipped: matplotlib is in the bench group (uv run --group bench ...)")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = measured["results"]
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = {"raw": "raw embedder (sorted loop)", "tutorial": "tutorials' loop",
+              "pipeline": "colray pipeline"}  # fmt: skip
+    for name, label in labels.items():
+        points = [(r["rows"], r[f"{name}_docs_s"]) for r in rows if f"{name}_docs_s" in r]
+        if points:
+            speed.plot(*zip(*points, strict=True), marker="o", label=label)
+    speed.set(xscale="log", xlabel="rows in the corpus", ylabel="docs/s", ylim=(0, None),
+              title=f"Throughput ({measured['cores']} cores, {measured['model']})")  # fmt: skip
+    speed.legend()
+    for key, label, style in [("pipeline_pss_mb", "pipeline: all PSS (incl. mapped store)", "-"),
+                              ("pipeline_working_mb", "pipeline: working (anon + object store)",
+                               "--"),
+                              ("sorted_working_mb", "sorted loop: working", ":")]:  # fmt: skip
+        points = [(r["rows"], r[key] / 1024) for r in rows if key in r]
+        if points:
+            memory.plot(*zip(*points, strict=True), marker="o", linestyle=style, label=label)
+    memory.set(xscale="log", xlabel="rows in the corpus", ylabel="peak GB", ylim=(0, None),
+               title="Peak memory, driver + every Ray worker")  # fmt: skip
+    memory.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"plot: {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1000,10000,50000")
@@ -138,7 +198,12 @@ def main() -> None:
         help="sizes at which the sorted loop (the raw embedder) runs; default: every size. "
         "Leave the largest out to measure the pipeline alone there (cost per row, memory)",
     )
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw docs/scaling.png from docs/scaling.json, measure nothing")  # fmt: skip
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads((DOCS / "scaling.json").read_text()), DOCS / "scaling.png")
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     tutorial_sizes = {int(s) for s in args.tutorial_sizes.split(",") if s}
     chosen_loop_sizes = args.sizes if args.loop_sizes is None else args.loop_sizes
@@ -194,6 +259,8 @@ def main() -> None:
         summary.append(f"ms_per_row_{big}/{small}="
                        f"{(big_t['pipeline'] / big) / (small_t['pipeline'] / small):.2f}")  # fmt: skip
     print(" ".join(summary))
+    save(results, args)
+    plot(json.loads((DOCS / "scaling.json").read_text()), DOCS / "scaling.png")
 
 
 if __name__ == "__main__":
