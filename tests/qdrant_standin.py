@@ -95,11 +95,13 @@ class QdrantStandIn:
         api_key: str | None = None,
         faults: Faults | None = None,
         yellow_for_s: float = 0.0,
+        upsert_delay_s: float = 0.0,
         never_green: bool = False,
     ):
         self.api_key = api_key
         self.faults = faults or Faults()
         self.yellow_for_s = yellow_for_s  # after indexing is switched on
+        self.upsert_delay_s = upsert_delay_s  # a loaded server: each upsert takes this long
         self.never_green = never_green
         self.engine = QdrantClient(":memory:")
         self.port = free_port()
@@ -157,6 +159,8 @@ class QdrantStandIn:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if self.upsert_delay_s and request.method == "PUT" and request.path.endswith("/points"):
+            await asyncio.sleep(self.upsert_delay_s)
         with self._lock:
             self.bodies.append(body)
         status, payload, headers = 200, None, {}

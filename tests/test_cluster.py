@@ -299,7 +299,7 @@ def test_jobs_survive_losing_their_worker_node(ray_cluster, tmp_path, onnx_cache
     from colray.demo import stdlib_docstrings, write_corpus
     from qdrant_standin import QdrantStandIn
 
-    rows = list(stdlib_docstrings())[:700]
+    rows = list(stdlib_docstrings())[:320]
     corpus = write_corpus(rows, tmp_path / "docs", rows_per_file=100)
     project = tmp_path / "project"
     shutil.copytree(ROOT / "jobs", project / "jobs")

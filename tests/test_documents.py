@@ -116,8 +116,9 @@ def test_every_page_is_a_point_with_its_page_and_text_vectors(
     assert (hits[0].payload["document"], hits[0].payload["page"]) == ("report.pdf", 3)
     assert colray.search(settings, "replace the filter", vector="page", limit=5)
 
-    again = colray.ingest(settings)  # the same page ids: overwritten, nothing added
-    assert again.points_in_store == 5 and again.points_written == 5
+    if engine == "edge":  # ids come from the source, not the engine: one re-run shows it
+        again = colray.ingest(settings)  # the same page ids: overwritten, nothing added
+        assert again.points_in_store == 5 and again.points_written == 5
 
 
 HOSTILE = {

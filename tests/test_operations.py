@@ -92,12 +92,17 @@ def test_runs_reads_a_jobs_run_dir(tmp_path, run_dir, capsys):
 # --- metrics ---------------------------------------------------------------------------------
 
 JOB = """
-import sys, time
+import pathlib, sys, time
 import colray
+signals = pathlib.Path(sys.argv[2])
 try:
     colray.ingest(sys.argv[1])
 finally:
-    time.sleep(float(sys.argv[2]))  # a last scrape before this process takes Ray down
+    # Ray goes down with this process: hold it until the test has scraped the final values.
+    (signals / "ingested").touch()
+    deadline = time.monotonic() + 60
+    while not (signals / "scraped").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
 """
 
 
@@ -127,7 +132,9 @@ def test_a_running_job_exports_its_metrics_to_prometheus(tmp_path, module_docs, 
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "docs.parquet")
     port = free_port()
     faults = Faults(rate=0.2, seed=2, paths=("/points",))
-    with QdrantStandIn(api_key="metrics-s3cret", faults=faults) as server:
+    # Upserts that take a while, as on a loaded server: the run lasts long enough for several
+    # metric exports (Ray's export interval, not colray, decides how often values move).
+    with QdrantStandIn(api_key="metrics-s3cret", faults=faults, upsert_delay_s=0.3) as server:
         (tmp_path / "job.yaml").write_text(json.dumps({
             "source": {"path": str(tmp_path / "docs.parquet"), "text_column": "text",
                        "id_column": "doc_id", "rows_per_block": 8},
@@ -138,22 +145,33 @@ def test_a_running_job_exports_its_metrics_to_prometheus(tmp_path, module_docs, 
             "run": {"dir": str(tmp_path / "runs"), "progress": False, "metrics_port": port,
                     "max_failed_fraction": 0.5},
         }))  # fmt: skip
-        env = {**os.environ, "RAY_metrics_report_interval_ms": "1000",
+        env = {**os.environ, "RAY_metrics_report_interval_ms": "250",
                "COLRAY_SINK__API_KEY": "metrics-s3cret"}  # fmt: skip
         env.pop("RAY_ADDRESS", None)
-        job = subprocess.Popen([sys.executable, "-c", JOB, str(tmp_path / "job.yaml"), "20"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        job = subprocess.Popen([sys.executable, "-c", JOB, str(tmp_path / "job.yaml"),
+                                str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
         seen: list[float] = []
         last = ""
         deadline = time.monotonic() + 400
-        while time.monotonic() < deadline:
+        final_by = None  # once the run is over, its last values reach the export within seconds
+        while time.monotonic() < deadline and job.poll() is None:
             text = scrape(port)
             if text:
                 last = text
                 seen.append(value(text, "colray_points_written"))
-            if job.poll() is not None:
+            if final_by is None and (tmp_path / "ingested").exists():
+                final_by = time.monotonic() + 30
+            finished = (
+                value(last, "colray_rows_read") == 124
+                and seen[-1:] == [120]
+                # the writer actors export their own retries, a moment later perhaps
+                and value(last, "colray_write_retries") >= sum(faults.injected.values())
+            )
+            if final_by is not None and (finished or time.monotonic() > final_by):
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
+        (tmp_path / "scraped").touch()
         _, err = job.communicate(timeout=60)
     assert job.returncode == 0, err[-3000:]
     growing = sorted(set(seen))

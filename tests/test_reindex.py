@@ -108,7 +108,9 @@ def assert_readers_never_saw_a_gap(reader: Reader, reports: list[Any]) -> None:
     assert reports[3].reindex["dropped"] == [versions[1]]
 
 
-@pytest.mark.slow
+# The same alias swap runs over HTTP in the default suite (test_server.py); local mode is the
+# same QdrantSink code on another transport, so it runs with `make test-all`.
+@pytest.mark.e2e
 def test_alias_rebuilds_never_show_readers_a_partial_collection(
     ray_session, tmp_path, module_docs, onnx_cache
 ):
