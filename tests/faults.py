@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import httpx
 from qdrant_client import QdrantClient
@@ -66,3 +71,31 @@ def _log_fault(method: str, applied: bool) -> None:
     if path:  # the test process counts the faults raised in Ray's workers
         with open(path, "a") as log:
             log.write(f"{method} {'after' if applied else 'before'}\n")
+
+
+def kill_midway_then_rerun(
+    config: Path, run_dir: Path, report: Path, after: int
+) -> tuple[int, subprocess.CompletedProcess]:
+    """`colray ingest` in its own process, SIGKILLed once `after` rows are marked done in its
+    resume log, then run again to the end: (distinct rows the first run had marked done, the
+    second run)."""
+    command = [sys.executable, "-m", "colray.cli", "ingest", "--config", str(config)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs: list[Path] = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        logs = list(run_dir.glob("resume/*/done.log"))
+        if logs and len(logs[0].read_text().splitlines()) >= after:
+            break
+        time.sleep(0.1)
+    assert first.poll() is None, "the run ended before it could be killed"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    done = len(set(logs[0].read_text().split()))
+    for _ in range(30):  # Ray tears the killed driver's job down; its store lock goes with it
+        second = subprocess.run([*command, "--report", str(report)], capture_output=True,
+                                text=True)  # fmt: skip
+        if "open in another process" not in second.stderr:
+            break
+        time.sleep(1)
+    return done, second

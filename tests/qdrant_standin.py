@@ -132,7 +132,9 @@ class QdrantStandIn:
             asyncio.set_event_loop(self._loop)
             app = web.Application(client_max_size=4 * MAX_BODY_BYTES)
             app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app, access_log=None)
+            # Stopping waits for requests in flight: a client that went away (a killed job)
+            # must not hold the stand-in up for aiohttp's default minute.
+            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", self.port)
             self._loop.run_until_complete(site.start())
@@ -148,7 +150,7 @@ class QdrantStandIn:
         if self._loop is None or self._runner is None:
             return
         future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
-        future.result(10)
+        future.result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         assert self._thread is not None
         self._thread.join(10)

@@ -5,10 +5,6 @@ and a killed run that resumes page by page."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +20,7 @@ from colray.embed.colpali import ColPaliFamilyEmbedder
 from colray.job import prepare_job
 from colray.render import render_scale
 from colray.sink import open_sink
+from faults import kill_midway_then_rerun
 from pdf_data import (
     LETTER,
     MANUAL,
@@ -183,26 +180,8 @@ def test_a_long_document_is_resumed_page_by_page_after_a_kill(ray_session, tmp_p
         "run": {"dir": str(tmp_path / "runs"), "progress": False,
                 "ray_address": ray_session.get_runtime_context().gcs_address},
     }))  # fmt: skip
-    command = [sys.executable, "-m", "colray.cli", "ingest", "--config", str(config)]
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    logs: list[Path] = []
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and first.poll() is None:
-        logs = list((tmp_path / "runs").glob("resume/*/done.log"))
-        if logs and len(logs[0].read_text().splitlines()) >= 24:
-            break
-        time.sleep(0.1)
-    assert first.poll() is None, "the first run ended before it could be killed"
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    done = len(set(logs[0].read_text().split()))
+    done, second = kill_midway_then_rerun(config, tmp_path / "runs", tmp_path / "r.json", 24)
     assert 24 <= done < 160
-    for _ in range(30):  # the killed driver's store lock goes with its job
-        second = subprocess.run([*command, "--report", str(tmp_path / "r.json")],
-                                capture_output=True, text=True)  # fmt: skip
-        if "open in another process" not in second.stderr:
-            break
-        time.sleep(1)
     assert second.returncode == 0, second.stderr[-2000:]
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["documents_read"] == 1 and report["rows_read"] == 160

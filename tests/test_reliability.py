@@ -29,7 +29,7 @@ from colray.layout import VectorSpec
 from colray.points import MAX_FLOATS_PER_MULTIVECTOR, BlockWriter
 from colray.rows import ERROR, HASH, ID, KEY, LOCATION, count_column, point_id, vectors_column
 from colray.sink.qdrant import QdrantSink, is_transient, retry_after
-from faults import FlakyClient
+from faults import FlakyClient, kill_midway_then_rerun
 
 DIM = 24
 LAYOUT = [VectorSpec("text", DIM)]
@@ -302,37 +302,16 @@ def test_a_killed_driver_resumes_without_redoing_or_duplicating(
             }
         )
     )  # fmt: skip
-    command = [sys.executable, "-m", "colray.cli", "ingest", "--config", str(config)]
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    logs = list((tmp_path / "runs").glob("resume/*/done.log"))
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and first.poll() is None:
-        logs = list((tmp_path / "runs").glob("resume/*/done.log"))
-        if logs and len(logs[0].read_text().splitlines()) >= 24:
-            break
-        time.sleep(0.1)
-    assert first.poll() is None, "the first run ended before it could be killed"
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    done_before = len(set(logs[0].read_text().split()))
-    assert 24 <= done_before < 160
-
-    # The killed driver's job is torn down by Ray; its writer releases the store.
     report_path = tmp_path / "second.json"
-    for _ in range(30):
-        second = subprocess.run(
-            [*command, "--report", str(report_path)], capture_output=True, text=True
-        )
-        if "open in another process" not in second.stderr:
-            break
-        time.sleep(1)
+    done_before, second = kill_midway_then_rerun(config, tmp_path / "runs", report_path, 24)
+    assert 24 <= done_before < 160
     assert second.returncode == 0, second.stderr[-2000:]
     report = json.loads(report_path.read_text())
     assert report["rows_read"] == 160
     assert report["skipped_existing"] >= done_before
     assert report["points_written"] + report["skipped_existing"] + report["dead_lettered"] == 160
     assert report["points_in_store"] == 160  # every row once, none twice
-    assert not logs[0].exists()  # a finished job clears its resume state
+    assert not list((tmp_path / "runs").glob("resume/*/done.log"))  # a finished job clears it
 
 
 def test_a_generated_hostile_dataset(ray_session, tmp_path, module_docs, onnx_cache):
