@@ -1,11 +1,16 @@
-"""Chaos: the same ingest job with 0%, 10% and 30% of the sink's calls failing.
+"""Chaos: the same ingest job with 0% to 30% of the sink's calls failing, on two paths.
 
-The job's real QdrantClient (local mode, written by the driver) is made flaky by the tests'
+Local mode: the job's real QdrantClient (written by the driver) is made flaky by the tests'
 fault injector (`tests/faults.py`): real exception types (timeouts, 429 with Retry-After,
-500, 502, 503), half of them raised after the call was applied. Each run is its own Ray job
-in a subprocess; the table shows rows in and out, duplicates and the retries' time overhead.
+500, 502, 503), half of them raised after the call was applied.
+Server: the job writes over HTTP through `sink.writers` actors into the tests' Qdrant stand-in
+(`tests/qdrant_standin.py`), which fails that share of its upserts with 500/502/503, 429 and
+dropped connections, half of them after applying the write.
+Each run is its own Ray job in a subprocess; the tables show rows in and out, duplicates, the
+retries and the time overhead against the same path with no faults (the stand-in's own speed
+is not a server's: compare within a path).
 
-    uv run python benchmarks/chaos.py [--rows 1000] [--rates 0,0.1,0.3]
+    uv run --group bench python benchmarks/chaos.py [--rows 1000] [--rates 0,0.1,0.2,0.3]
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from pathlib import Path
 from colray.demo import stdlib_docstrings, write_corpus
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+sys.path.insert(0, str(TESTS))
+FAST_RETRIES = {"retry_attempts": 50, "retry_timeout_s": 600, "retry_wait_initial_s": 0.05,
+                "retry_wait_max_s": 1.0}  # fmt: skip
 JOB = """
 import os, sys
 import ray
@@ -48,8 +57,7 @@ def run_with_faults(work: Path, corpus: Path, rate: float) -> dict:
                 "embed": {"model": "minilm-token"},
                 # Short backoffs: the overhead measured is the retries', not a long sleep.
                 "sink": {"kind": "qdrant", "path": str(run_dir / "store"), "batch_size": 16,
-                         "retry_attempts": 50, "retry_timeout_s": 600,
-                         "retry_wait_initial_s": 0.05, "retry_wait_max_s": 1.0},
+                         **FAST_RETRIES},
                 "run": {"dir": str(run_dir / "runs"), "progress": False},
             }
         )
@@ -71,6 +79,7 @@ def run_with_faults(work: Path, corpus: Path, rate: float) -> dict:
     keys = [r.payload["_colray"]["key"] for r in records]
     lines = faults.read_text().split() if faults.exists() else []
     return {
+        "path": "local mode",
         "rate": rate,
         "faults": sum(1 for word in lines if word in {"before", "after"}),
         "rows_in": report["rows_read"],
@@ -81,31 +90,114 @@ def run_with_faults(work: Path, corpus: Path, rate: float) -> dict:
     }
 
 
+def run_against_server(work: Path, corpus: Path, rate: float, writers: int) -> dict:
+    """The job through `writers` writer actors into the stand-in, failing `rate` of upserts."""
+    from qdrant_client import QdrantClient
+
+    from qdrant_standin import Faults, QdrantStandIn
+
+    run_dir = work / f"server-{writers}-{rate}"
+    run_dir.mkdir()
+    faults = Faults(rate=rate, seed=int(rate * 100) + writers, paths=("/points",))
+    with QdrantStandIn(faults=faults) as server:
+        config = run_dir / "job.yaml"
+        config.write_text(json.dumps({
+            "source": {"path": str(corpus), "text_column": "text", "id_column": "doc_id"},
+            "embed": {"model": "minilm-token"},
+            "sink": {"kind": "qdrant", "url": server.url, "collection": "docs",
+                     "writers": writers, "batch_size": 16, **FAST_RETRIES},
+            "run": {"dir": str(run_dir / "runs"), "progress": False},
+        }))  # fmt: skip
+        out = run_dir / "report.json"
+        command = [
+            sys.executable,
+            "-m",
+            "colray.cli",
+            "ingest",
+            "-c",
+            str(config),
+            "--report",
+            str(out),
+        ]
+        subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
+        report = json.loads(out.read_text())
+        injected = sum(faults.injected.values())
+        faults.rate = 0.0  # the benchmark's own check reads the store without faults
+        client = QdrantClient(url=server.url, timeout=60)
+        records, _ = client.scroll("docs", limit=10**6, with_payload=True)
+        client.close()
+        keys = [r.payload["_colray"]["key"] for r in records]
+        failed = sum(1 for r in server.requests if r.status != 200)
+        largest = server.largest_body()
+    return {
+        "path": f"server, {writers} writer{'s' * (writers > 1)}",
+        "rate": rate,
+        "faults": injected,
+        "retries": failed,
+        "largest_mb": largest / 2**20,
+        "rows_in": report["rows_read"],
+        "written": report["points_written"],
+        "in_store": len(keys),
+        "duplicates": len(keys) - len(set(keys)),
+        "seconds": report["duration_s"],
+    }
+
+
+def table(results: list[dict]) -> None:
+    print("| path | fault rate | faults | rows in | written | in store | duplicates | seconds "
+          "| overhead |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base = {r["path"]: r["seconds"] for r in results if r["rate"] == 0}
+    for r in results:
+        print(f"| {r['path']} | {r['rate']:.0%} | {r['faults']} | {r['rows_in']} | {r['written']} "
+              f"| {r['in_store']} | {r['duplicates']} | {r['seconds']:.1f} | "
+              f"{r['seconds'] / base[r['path']]:.2f}x |")  # fmt: skip
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for path in dict.fromkeys(r["path"] for r in results):
+        runs = [r for r in results if r["path"] == path]
+        base = next(r["seconds"] for r in runs if r["rate"] == 0)
+        axis.plot([r["rate"] * 100 for r in runs], [r["seconds"] / base for r in runs],
+                  marker="o", label=path)  # fmt: skip
+    axis.set(xlabel="share of the sink's calls failing (%)", ylabel="time / same path, no faults",
+             title="Ingest under faults: nothing lost, nothing duplicated")  # fmt: skip
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"plot: {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1000)
-    parser.add_argument("--rates", default="0,0.1,0.3")
+    parser.add_argument("--rates", default="0,0.1,0.2,0.3")
+    parser.add_argument("--writers", default="1,3", help="server path: writer actors per run")
+    parser.add_argument("--no-local", action="store_true", help="only the server path")
     args = parser.parse_args()
+    rates = [float(rate) for rate in args.rates.split(",")]
     rows = list(stdlib_docstrings(public_only=False))[: args.rows]
     work = Path(tempfile.mkdtemp(prefix="colray-chaos-"))
     corpus = write_corpus(rows, work / "corpus", rows_per_file=250)
-    results = [run_with_faults(work, corpus, float(rate)) for rate in args.rates.split(",")]
-    base = results[0]["seconds"]
-    print(f"{'fault rate':>10}{'faults':>8}{'rows in':>9}{'written':>9}{'in store':>10}"
-          f"{'dupes':>7}{'seconds':>9}{'overhead':>10}")  # fmt: skip
-    for r in results:
-        print(
-            f"{r['rate']:>10.0%}{r['faults']:>8}{r['rows_in']:>9}{r['written']:>9}"
-            f"{r['in_store']:>10}{r['duplicates']:>7}{r['seconds']:>9.1f}"
-            f"{r['seconds'] / base:>9.2f}x"
-        )
-    worst = results[-1]
-    lost = worst["rows_in"] - worst["in_store"]
-    print(
-        f"fault_rate={worst['rate']:.2f} rows_in={worst['rows_in']} in_store={worst['in_store']} "
-        f"lost={lost} duplicates={worst['duplicates']} "
-        f"time_overhead={worst['seconds'] / base:.2f}x"
+    results = [] if args.no_local else [run_with_faults(work, corpus, rate) for rate in rates]
+    for writers in (int(w) for w in args.writers.split(",") if w):
+        results += [run_against_server(work, corpus, rate, writers) for rate in rates]
+    table(results)
+    plot(results, DOCS / "chaos.png")
+    worst = [r for r in results if r["rate"] == max(rates)]
+    lost = sum(r["rows_in"] - r["in_store"] for r in worst)
+    base = {r["path"]: r["seconds"] for r in results if r["rate"] == 0}
+    overheads = " ".join(
+        f"overhead[{r['path']}]={r['seconds'] / base[r['path']]:.2f}x" for r in worst
     )
+    print(f"fault_rate={max(rates):.2f} lost={lost} "
+          f"duplicates={sum(r['duplicates'] for r in results)} {overheads}")  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
 
 
