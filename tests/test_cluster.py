@@ -90,22 +90,26 @@ def ray_cluster() -> Iterator[ClusterAddress]:
     env.pop("RAY_ADDRESS", None)
     common = ["--disable-usage-stats", "--object-store-memory=200000000"]
 
+    def ray_start(*args: str, attempts: int = 1) -> None:
+        # A port picked free can be taken by the time Ray binds it, and a loaded machine can
+        # time a node's start out: a worker tries again with fresh ports; then Ray's words.
+        for _ in range(attempts):
+            run = subprocess.run([ray, "start", *args, *agent_ports(), *common], env=env,
+                                 capture_output=True, text=True, timeout=180)  # fmt: skip
+            if run.returncode == 0:
+                return
+            time.sleep(2)
+        raise RuntimeError(f"ray start {' '.join(args)} failed:\n{run.stdout[-2000:]}\n"
+                           f"{run.stderr[-3000:]}")  # fmt: skip
+
     def start_worker() -> None:
         # Four logical CPUs on two cores: two jobs at once fit on one worker node.
-        subprocess.run(
-            [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=4", *agent_ports(),
-             *common],
-            env=env, check=True, capture_output=True, timeout=180,
-        )  # fmt: skip
+        ray_start(f"--address=127.0.0.1:{port}", "--num-cpus=4", attempts=3)
 
     try:
-        subprocess.run(
-            [ray, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard_port}",
-             "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=0",
-             f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
-             *agent_ports(), *common],
-            env=env, check=True, capture_output=True, timeout=180,
-        )  # fmt: skip
+        ray_start("--head", f"--port={port}", f"--dashboard-port={dashboard_port}",
+                  "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=0",
+                  f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}")  # fmt: skip
         start_worker()
         address = ClusterAddress(f"http://127.0.0.1:{dashboard_port}")
         address.start_worker = start_worker
