@@ -112,7 +112,7 @@ def stage_only(settings, stage: str) -> tuple[int, float, float]:
     import ray
 
     from colray.job import prepare_job
-    from colray.pipeline import page_stages, ray_data_context
+    from colray.plan import page_stages, ray_data_context
     from colray.rows import DECODE_SECONDS, RENDER_SECONDS, SPLIT_SECONDS
     from colray.sources import SkipRules, read_dataset
 

@@ -26,7 +26,7 @@ from qdrant_client import QdrantClient, models
 
 from colray.config import SinkConfig
 from colray.layout import VectorSpec
-from colray.pipeline import BLOCK_BYTES
+from colray.plan import BLOCK_BYTES
 from colray.points import BlockWriter
 from colray.rows import ERROR, HASH, ID, KEY, LOCATION, count_column, point_id, vectors_column
 from colray.sink import open_sink
