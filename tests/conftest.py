@@ -11,6 +11,9 @@ import pytest
 from colray.demo import stdlib_docstrings, write_corpus
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# The suite's jobs are small, which run.executor=auto would run in-process; the tests are of
+# the Ray path unless they ask for `local` (tests/test_in_process.py).
+os.environ.setdefault("COLRAY_RUN__EXECUTOR", "ray")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 

@@ -128,9 +128,11 @@ HOSTILE = {
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("executor", ["ray", "local"])
 def test_pdfs_in_a_column_with_every_kind_of_hostile_document(
-    ray_session, tmp_path, vision_models, onnx_cache
+    executor, ray_session, tmp_path, vision_models, onnx_cache, monkeypatch
 ):
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", executor)  # split -> render -> embed, both ways
     # A long thin strip: covering ColPali's square input would take a 4.5M-pixel render.
     strip = make_pdf([("a normal first page", LETTER), ("a strip", (14400.0, 10.0))], seed=3)
     rows = [{"doc_id": "manual", "title": "the manual", "pdf": make_pdf(MANUAL)},
@@ -143,6 +145,7 @@ def test_pdfs_in_a_column_with_every_kind_of_hostile_document(
     settings = settings_for(tmp_path, source, ENGINES["edge"](tmp_path), vision_models["colpali"],
                             onnx_cache, max_pixels=1_000_000)  # fmt: skip
     report = colray.ingest(settings)
+    assert report.executor == executor
     assert report.documents_in_source == report.documents_read == 7
     # Pages: 2 + 2, and one row for each of the 5 documents that could not be opened.
     assert report.rows_in_source == report.rows_read == 9

@@ -314,9 +314,13 @@ def test_a_killed_driver_resumes_without_redoing_or_duplicating(
     assert not list((tmp_path / "runs").glob("resume/*/done.log"))  # a finished job clears it
 
 
-def test_a_generated_hostile_dataset(ray_session, tmp_path, module_docs, onnx_cache):
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_a_generated_hostile_dataset(
+    executor, ray_session, tmp_path, module_docs, onnx_cache, monkeypatch
+):
     """Every case of hostile input in one dataset: each bad row is a dead letter with its
-    reason, each good row a point, and the counts add up."""
+    reason, each good row a point, and the counts add up; on Ray and in this process."""
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", executor)
     root = tmp_path / "docs"
     root.mkdir()
     good = [dict(r) for r in module_docs[:20]]
@@ -335,6 +339,7 @@ def test_a_generated_hostile_dataset(ray_session, tmp_path, module_docs, onnx_ca
     settings = text_settings(tmp_path, root, onnx_cache, max_failed_fraction=0.5)
     report = colray.ingest(settings)
 
+    assert report.executor == executor
     assert report.rows_read == 28 and report.unreadable_files == 1
     assert report.points_written == 22 and report.dead_lettered == 6
     assert report.duplicate_ids == 1 and report.points_in_store == 21

@@ -436,11 +436,39 @@ class RunConfig(_Section):
         description="More dead-lettered rows than this share of the rows read ends the run "
         "with exit code 3 (the report and dead letters are still written).",
     )
+    executor: Literal["auto", "ray", "local"] = Field(
+        default="auto",
+        description="Where the stages run. ray: on Ray actors (a cluster, or a local node "
+        "colray starts). local: in this process, one block at a time, no Ray at all. auto: "
+        "local for a small text job (at most run.local_max_rows rows) into a local store "
+        "with no Ray address, GPUs or metrics port, where Ray's start-up would be most of "
+        "the run; ray otherwise.",
+    )
+    local_max_rows: int = Field(
+        default=1000,
+        ge=0,
+        description="The most rows a text job may have for run.executor=auto to run it in "
+        "this process.",
+    )
 
     @field_validator("dir")
     @classmethod
     def _absolute_run_dir(cls, value: str) -> str:
         return _absolute(value)
+
+    @model_validator(mode="after")
+    def _local_needs_no_ray(self) -> RunConfig:
+        if self.executor == "local" and self.ray_address:
+            raise ValueError(
+                "run.executor: local runs every stage in this process and joins no Ray "
+                "cluster; unset run.ray_address or use ray/auto"
+            )
+        if self.executor == "local" and self.metrics_port:
+            raise ValueError(
+                "run.executor: local records no metrics (they leave through Ray's export); "
+                "unset run.metrics_port or use ray/auto"
+            )
+        return self
 
 
 class Settings(BaseSettings):

@@ -65,6 +65,7 @@ class Writers:
     A Qdrant server gets `sink.writers` actors. Edge and local mode lock their directory to one
     process, so the driver, which already holds it open, writes those itself: the store stays
     on the machine the job was started from, and the driver's process may query it meanwhile.
+    A job that runs in this process (no Ray) writes through the driver's sink too.
     """
 
     def __init__(self, job: Job, sink: Sink, tags: dict[str, str] | None = None):
@@ -72,7 +73,7 @@ class Writers:
         args = (cfg, job.layout, job.settings.source.payload_columns, job.source.name)
         self.local: BlockWriter | None = None
         self.actors: list[Any] = []
-        if cfg.kind == "edge" or cfg.path is not None:
+        if cfg.kind == "edge" or cfg.path is not None or job.in_process:
             self.local = BlockWriter(sink, *args)
         else:
             writer = SinkWriter.options(num_cpus=cfg.cpus_per_writer)  # type: ignore[attr-defined]

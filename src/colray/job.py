@@ -31,6 +31,7 @@ class Job:
     layout: list[VectorSpec]
     fingerprint: str  # names the job's resume state
     salt: str  # part of every row's content hash
+    in_process: bool  # run.executor, resolved: every stage in the driver, no Ray
 
     @property
     def model_names(self) -> str:
@@ -56,7 +57,21 @@ def prepare_job(settings: Settings) -> Job:
         layout,
         job_fingerprint(settings, layout, files),
         content_salt(settings, layout),
+        runs_in_process(settings, source.num_rows, image_model is not None),
     )
+
+
+def runs_in_process(settings: Settings, rows: int, embeds_pages: bool) -> bool:
+    """run.executor resolved. `auto` keeps small text jobs into a local store off Ray: a
+    local node's start-up (10-20 s on a laptop) would be most of such a run. Page models
+    cost ~100x more per row, so there Ray's parallel decode pays back within a few pages."""
+    run, sink = settings.run, settings.sink
+    if run.executor != "auto":
+        return run.executor == "local"
+    small = rows <= run.local_max_rows and not embeds_pages and not settings.source.documents
+    local_store = sink.kind == "edge" or sink.path is not None
+    asks_for_ray = bool(run.ray_address or run.metrics_port or settings.embed.num_gpus)
+    return small and local_store and not asks_for_ray
 
 
 def _text_dim(settings: Settings) -> int:

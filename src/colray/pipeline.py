@@ -20,7 +20,7 @@ from colray.config import RunConfig, Settings
 from colray.dispatch import Writers
 from colray.errors import RayUnavailable, SinkUnavailable, WorkerFailed
 from colray.job import Job, prepare_job
-from colray.plan import plan, ray_data_context, verbose
+from colray.plan import InProcessBlock, plan, ray_data_context, run_in_process, verbose
 from colray.ray_blocks import output_blocks
 from colray.report import Ledger, RunOrigin, RunReport
 from colray.rows import short
@@ -89,13 +89,21 @@ def run_ingest(
 def embed_and_write(job: Job, sink: Sink, ledger: Ledger) -> None:
     """Start Ray, run the plan, and hand each embedded block to the writers as it comes."""
     settings = job.settings
+    tags = metrics.run_tags(ledger.report.run_id, settings.sink.name())
+    if job.in_process:
+        say(settings.run, "a small job: every stage in this process, no Ray (run.executor)")
+        with Writers(job, sink) as writers:
+            ledger.begin_writing()
+            tables = run_in_process(job, ledger.skip_rules(), tags)
+            for outcome in writers.write_all(ledger.timing_first(map(InProcessBlock, tables))):
+                ledger.record(outcome)
+        return
     ensure_ray(settings)
     actors = settings.embed.num_actors if job.text_dim else settings.image.num_actors
     say(
         settings.run,
         f"starting {actors} embedding actor(s); they load the model, then rows flow",
     )
-    tags = metrics.run_tags(ledger.report.run_id, settings.sink.name())
     metrics.use(tags)
     with ray_data_context(settings.run), Writers(job, sink, tags) as writers, worker_failures():
         # Starting execution spawns the embedder actors, whose start-up (seconds) overlaps

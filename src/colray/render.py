@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-import ray
 
 from colray.cells import CellRejected, cell_bytes, cell_path
 from colray.embed.colpali import ImageGeometry
@@ -111,8 +110,7 @@ def split_documents(
 ) -> Iterator[pa.Table]:  # fmt: skip
     """Ray Data batch function: each document row to blocks of its page rows. A document that
     cannot be opened becomes one row with its reason; finished or unchanged pages are skips."""
-    finished = ray.get(rules.done) if rules.done is not None else None
-    stored = ray.get(rules.stored) if rules.stored is not None else None
+    finished, stored = rules.finished(), rules.stored_hashes()
     rows = table.to_pylist()
     for row in rows:
         start = time.perf_counter()

@@ -77,6 +77,7 @@ class RunReport:
     config: str | None = None  # the config file, when the job came from one
     overrides: list[str] = field(default_factory=list)
     mode: str = "ingest"  # ingest | ingest --incremental | reindex | reindex --incremental
+    executor: str = "ray"  # ray | local (every stage in the driver's process): run.executor
     exit_code: int | None = None  # what `colray` exits with for this run
     # succeeded | too_many_dead_letters | failed | interrupted; with `error` for the last two.
     outcome: str = "running"
@@ -164,6 +165,7 @@ class Ledger:
         self.report.colray_version = colray_version()
         self.report.config, self.report.overrides = origin.config, list(origin.overrides)
         self.report.mode = origin.command + (" --incremental" if incremental else "")
+        self.report.executor = "local" if job.in_process else "ray"
         if job.settings.source.documents:
             self.report.documents_in_source, self.report.documents_read = job.source.num_rows, 0
             self.report.rows_in_source = 0
@@ -212,11 +214,13 @@ class Ledger:
         self.report.incremental = {"unchanged": 0, "updated": 0, "added": 0, "deleted": 0}
 
     def skip_rules(self) -> SkipRules:
-        """What the reader passes over: rows finished earlier, rows stored unchanged."""
+        """What the reader passes over: rows finished earlier, rows stored unchanged (in
+        Ray's object store once, for every read task, unless the job runs in this process)."""
+        share = (lambda value: value) if self.job.in_process else ray.put
         return SkipRules(
             salt=self.job.salt,
-            done=ray.put(self.finished) if self.finished else None,
-            stored=ray.put(self.stored) if self.stored else None,
+            done=share(self.finished) if self.finished else None,
+            stored=share(self.stored) if self.stored else None,
         )
 
     def elapsed(self) -> float:

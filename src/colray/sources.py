@@ -12,16 +12,13 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import ray.data
-from ray.data.block import BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
+import ray
 
 from colray.config import ConfigError, SourceConfig
 from colray.rows import (
@@ -39,6 +36,9 @@ from colray.rows import (
     reason,
     with_stage_seconds,
 )
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
 
 
 @dataclass(frozen=True)
@@ -150,51 +150,36 @@ class SkipRules:
     done: Any = None
     stored: Any = None
 
+    def finished(self) -> set[str] | None:
+        return _value(self.done)
+
+    def stored_hashes(self) -> dict[str, str] | None:
+        return _value(self.stored)
+
+
+def _value(held: Any) -> Any:
+    """A rule's value: from the object store on Ray, as it is in this process."""
+    return ray.get(held) if isinstance(held, ray.ObjectRef) else held
+
 
 def read_dataset(
     source: ResolvedSource, rules: SkipRules | None = None, *, parallelism: int = -1
-) -> ray.data.Dataset:
+) -> Dataset:
     """The source as a Ray dataset of Arrow blocks carrying point ids, keys, locations, hashes."""
+    # Imported here: Ray Data (pandas under it) takes ~3 s to import, which a job that runs in
+    # this process (run.executor) never needs.
+    from colray.ray_source import ColraySource
+
     return ray.data.read_datasource(
         ColraySource(source, rules or SkipRules()),
         override_num_blocks=None if parallelism < 0 else parallelism,
     )
 
 
-class ColraySource(Datasource):
-    """Ray Data reader over resolved pieces; knows exact row counts before reading."""
-
-    def __init__(self, source: ResolvedSource, rules: SkipRules):
-        super().__init__()
-        self.source = source
-        self.rules = rules
-
-    def estimate_inmemory_data_size(self) -> int | None:
-        return sum(p.size_bytes for p in self.source.pieces)
-
-    def get_read_tasks(
-        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
-    ) -> list[ReadTask]:
-        pieces = self.source.pieces
-        count = min(len(pieces), max(1, parallelism))
-        tasks = []
-        for group in (pieces[i::count] for i in range(count)):
-            meta = BlockMetadata(
-                num_rows=sum(p.num_rows for p in group),
-                size_bytes=sum(p.size_bytes for p in group),
-                input_files=[p.path for p in group],
-                exec_stats=None,
-            )
-            read = partial(_read_pieces, self.source, group, self.rules)
-            tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
-        return tasks
-
-
-def _read_pieces(
+def read_pieces(
     source: ResolvedSource, pieces: list[Piece], rules: SkipRules
 ) -> Iterator[pa.Table]:
-    finished = ray.get(rules.done) if rules.done is not None else None
-    stored = ray.get(rules.stored) if rules.stored is not None else None
+    finished, stored = rules.finished(), rules.stored_hashes()
     for piece in pieces:
         blocks = read_piece(source, piece, finished, stored, rules.salt)
         rows_done = 0

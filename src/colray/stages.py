@@ -48,8 +48,9 @@ R = TypeVar("R")
 
 
 def wait_for_sink(sink_ready: list[Any]) -> None:
-    """Nothing is embedded until every writer has accepted the store's layout."""
-    if any(error is not None for error in ray.get(sink_ready)):
+    """Nothing is embedded until every writer has accepted the store's layout (none to wait
+    for in this process: the driver checked its own store)."""
+    if sink_ready and any(error is not None for error in ray.get(sink_ready)):
         raise RuntimeError("the sink refused this job's layout; nothing was embedded")
 
 
