@@ -1,9 +1,10 @@
 """Small jobs: where a 300-row job's seconds go, cold, and the three targets of a first hour.
 
-Each run is a fresh `colray` process, as a user starts it: with no run.ray_address it starts
-its own local Ray node (cold) and takes it down when it exits. Printed: the run's phases from its report
-(checking the job, Ray's start, the embedders' start up to the first written block, the
-rest of the load, indexing), then the targets' figures on the last line:
+Each run is a fresh `colray` process, as a user starts it, once with run.executor=local (what
+`auto` picks for this job: every stage in the process) and once with run.executor=ray (its own
+local Ray node, cold, taken down when it exits). Printed: the run's phases from its report
+(checking the job, the start up to the first written block, the rest of the load, indexing),
+side by side, then the targets' figures on the last line:
 
 - a 300-row job end to end, cold (target 15 s),
 - `colray demo "a query"` answering from an already-built store (target 3 s),
@@ -38,40 +39,60 @@ def colray(*args: str, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="colray-startup-"))
     corpus = write_corpus(list(stdlib_docstrings())[:300], work / "docs.parquet")
-    job = work / "job.yaml"
-    job.write_text(json.dumps({
-        "source": {"path": str(corpus), "text_column": "text", "id_column": "doc_id",
-                   "payload_columns": ["title"]},
-        "sink": {"kind": "edge", "path": str(work / "store"), "indexing_threshold_kb": 200000},
-        "run": {"dir": str(work / "runs"), "progress": False},
-    }))  # fmt: skip
     import_s, _ = colray("models", cwd=work)  # Python start and colray's imports, no Ray
-    cold_s, _run = colray("ingest", "-c", str(job), "--report", str(work / "cold.json"), cwd=work)
-    report = json.loads((work / "cold.json").read_text())
-    incremental_s, _ = colray("ingest", "-c", str(job), "--incremental", cwd=work)
+    runs = {executor: small_job(work, corpus, executor) for executor in ("local", "ray")}
     colray("demo", "--dir", str(work / "demo"), "warm up", cwd=work)  # builds the store
     demo_s, _ = colray("demo", "--dir", str(work / "demo"), "send email", cwd=work)
 
-    stages = report["stages_s"]
-    first = report["first_block_s"] or 0.0
-    print("| phase of a cold 300-row job | seconds |")
-    print("| --- | ---: |")
-    phases = [
-        ("Python start, colray's imports (a `colray models` run)", import_s),
-        ("checking the job: source footers, loading the model in the driver", stages.get("prepare", 0)),
-        ("Ray's local node start, embedder actors' start and model load, to the first block",
-         first - stages.get("prepare", 0)),
-        ("embedding and writing the rest", report["duration_s"] - first - stages.get("finalize", 0)),
-        ("indexing (Edge optimize)", stages.get("finalize", 0)),
-        ("whole command, wall clock", cold_s),
-    ]  # fmt: skip
-    for name, seconds in phases:
-        print(f"| {name} | {seconds:.1f} |")
-    print(f"\nembed stage {stages.get('embed', 0):.1f}s, write {stages.get('write', 0):.1f}s "
-          f"(summed over workers)")  # fmt: skip
-    print(f"cold_300_rows_s={cold_s:.1f} demo_query_s={demo_s:.1f} "
-          f"noop_incremental_s={incremental_s:.1f} (targets 15 / 3 / 10)")  # fmt: skip
+    print("| phase of a cold 300-row job, seconds | in-process (auto) | on a local Ray |")
+    print("| --- | ---: | ---: |")
+    print(
+        f"| Python start, colray's imports (a `colray models` run) | {import_s:.1f} | {import_s:.1f} |"
+    )
+    for name, pick in PHASES:
+        print(f"| {name} | " + " | ".join(f"{pick(*runs[e][:2]):.1f}" for e in runs) + " |")
+    print("| no-op `--incremental` run, wall clock | "
+          + " | ".join(f"{runs[e][2]:.1f}" for e in runs) + " |")  # fmt: skip
+    local, ray = runs["local"], runs["ray"]
+    print(f"\ncold_300_rows_s={local[0]:.1f} demo_query_s={demo_s:.1f} "
+          f"noop_incremental_s={local[2]:.1f} (targets 15 / 3 / 10); on Ray: "
+          f"cold_300_rows_s={ray[0]:.1f} noop_incremental_s={ray[2]:.1f}")  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
+
+
+def small_job(work: Path, corpus: Path, executor: str) -> tuple[float, dict, float]:
+    """A cold 300-row job, then the same job again with --incremental (nothing changed):
+    (cold seconds, its report, no-op seconds)."""
+    job = work / f"{executor}.yaml"
+    job.write_text(json.dumps({
+        "source": {"path": str(corpus), "text_column": "text", "id_column": "doc_id",
+                   "payload_columns": ["title"]},
+        "sink": {"kind": "edge", "path": str(work / f"store-{executor}"),
+                 "indexing_threshold_kb": 200000},
+        "run": {"dir": str(work / f"runs-{executor}"), "progress": False, "executor": executor},
+    }))  # fmt: skip
+    report_path = work / f"{executor}.json"
+    cold_s, _ = colray("ingest", "-c", str(job), "--report", str(report_path), cwd=work)
+    report = json.loads(report_path.read_text())
+    assert report["executor"] == executor and report["points_in_store"] == 300, report
+    noop_s, _ = colray("ingest", "-c", str(job), "--incremental", cwd=work)
+    return cold_s, report, noop_s
+
+
+def _stage(name: str):
+    return lambda cold_s, report: report["stages_s"].get(name, 0.0)
+
+
+PHASES = [
+    ("checking the job: source footers, loading the model in the driver", _stage("prepare")),
+    ("from there to the first written block (Ray: its node, the actors, their model load)",
+     lambda cold_s, r: (r["first_block_s"] or 0.0) - r["stages_s"].get("prepare", 0.0)),
+    ("embedding and writing the rest",
+     lambda cold_s, r: r["duration_s"] - (r["first_block_s"] or 0.0) - r["stages_s"].get("finalize", 0.0)),
+    ("of the run: the embed stage (summed over actors)", _stage("embed")),
+    ("indexing (Edge optimize)", _stage("finalize")),
+    ("whole command, wall clock", lambda cold_s, report: cold_s),
+]  # fmt: skip
 
 
 if __name__ == "__main__":
