@@ -3,6 +3,8 @@ brute-force MaxSim, float16 storage, and stores of the old layout refused or mig
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from fastembed.postprocess import Muvera as FastembedMuvera
@@ -11,6 +13,7 @@ import colray
 from colray.config import ConfigError, load_settings
 from colray.embed import load_embedder
 from colray.embed.muvera import Muvera, muvera_for
+from colray.job import prepare_job
 from colray.layout import QueryPlan, text_layout, text_query_plan
 from colray.sink import open_sink
 
@@ -170,8 +173,31 @@ def test_an_old_layout_store_is_refused_and_reindex_migrates_it(
     old = settings_for(tmp_path, small_corpus, onnx_cache, sink, first_stage="none")
     new = settings_for(tmp_path, small_corpus, onnx_cache, sink)
     assert colray.ingest(old).points_written == 60
+    runs = sorted((tmp_path / "runs").iterdir())
     with pytest.raises(colray.SinkError, match=r"no vector named 'text_muvera'.*colray reindex"):
         colray.ingest(new)
+    assert sorted((tmp_path / "runs").iterdir()) == runs  # refused before any work began
+    # The refused store itself, made by `colray ingest`: --adopt rebuilds it behind its name.
+    with pytest.raises(colray.SinkError, match=r"not (a pointer|an alias).*--adopt"):
+        colray.reindex(new)
+    adopted = colray.reindex(new, adopt=True)
+    assert adopted.points_written == 60 and adopted.reindex["mode"] == "rebuild"
+    assert colray.search(new, "read and write zip archives", limit=3)
+    store = open_sink(new.sink, prepare_job(new).layout)  # the new layout, behind the old name
+    store.open_for_reading()
+    assert not store.layout_problems() and store.count() == 60
+    store.close()
+    if engine == "edge":  # the plain store is kept as the previous version
+        assert Path(new.sink.path).is_symlink()
+        assert adopted.reindex["previous"] == adopted.reindex["adopted"]
+        kept = Path(new.sink.path + ".versions") / adopted.reindex["previous"]
+        old_store = open_sink(old.sink.model_copy(update={"path": str(kept)}),
+                              prepare_job(old).layout)  # fmt: skip
+        old_store.open_for_reading()
+        assert not old_store.layout_problems() and old_store.count() == 60
+        old_store.close()
+    else:  # Qdrant cannot rename a collection: the plain one is gone, the alias in its place
+        assert adopted.reindex["previous"] is None
     # reindex serves through a stable name: build the old layout that way, then migrate.
     first = colray.reindex(old.model_copy(update={"sink": old.sink.model_copy(
         update={"path": str(tmp_path / "served")} if engine == "edge" else {"collection": "served"})}))  # fmt: skip

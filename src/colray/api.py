@@ -69,17 +69,19 @@ def reindex(
     overrides: Iterable[str] = (),
     *,
     incremental: bool = False,
+    adopt: bool = False,
     report_path: str | os.PathLike[str] | None = None,
     client: Any = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunReport:
     """Rebuild the job's store behind its stable name and switch to it at once, or update the
-    live version in place (`incremental`); arguments as for `ingest`."""
+    live version in place (`incremental`); `adopt`: the name may be a plain store made by
+    `ingest`, rebuilt as a version (how an old layout is migrated); the rest as for `ingest`."""
     from colray.rebuild import reindex as rebuild
 
     settings = settings_of(config, overrides)
     origin = origin_of(config, overrides, "reindex")
-    return rebuild(settings, report_path, incremental=incremental, client=client,
+    return rebuild(settings, report_path, incremental=incremental, adopt=adopt, client=client,
                    origin=origin, on_progress=on_progress)  # fmt: skip
 
 

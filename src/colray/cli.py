@@ -15,6 +15,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,14 +173,25 @@ def _add_reindex(sub: Subparsers) -> None:
             "Queries use the alias or path and always see a complete store. A failed rebuild is "
             "never served.\n\nWith --incremental the live version is updated in place instead: "
             "rows whose content hash is unchanged are skipped, changed rows re-embedded, and "
-            "points whose rows left the source deleted."
+            "points whose rows left the source deleted.\n\nA store made by `colray ingest` is "
+            "a plain store, not a version behind a name: --adopt rebuilds it as the first "
+            "version, in this job's layout, and keeps the plain store as the previous version "
+            "(Edge) or deletes it (Qdrant cannot rename a collection) just before the switch; "
+            "its readers see a short gap, once."
         ),
         epilog="example:\n  colray reindex --config configs/stdlib-minilm-edge.yaml\n"
-        "  colray reindex --config job.yaml --incremental   # nightly: only what changed\n\n"
+        "  colray reindex --config job.yaml --incremental   # nightly: only what changed\n"
+        "  colray reindex --config job.yaml --adopt   # a store colray ingest made, migrated\n\n"
         + CONFIG_HELP,
     )
     _add_config_args(reindex)
     _add_run_args(reindex)
+    reindex.add_argument(
+        "--adopt",
+        action="store_true",
+        help="sink.path or sink.collection may be a plain store made by `colray ingest`: "
+        "rebuild it as a version behind that name (how an old layout is migrated)",
+    )
     reindex.set_defaults(handler=_cmd_reindex)
 
 
@@ -398,7 +410,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 def _cmd_reindex(args: argparse.Namespace) -> int:
     return _ingest(
         args.config, args.overrides, args.report, incremental=args.incremental, rebuild=True,
-        emit=args.emit_report,
+        emit=args.emit_report, adopt=args.adopt,
     )  # fmt: skip
 
 
@@ -410,11 +422,12 @@ def _ingest(
     incremental: bool = False,
     rebuild: bool = False,
     emit: bool = False,
+    adopt: bool = False,
 ) -> int:
     """`config`: a YAML path (with `overrides`), or finished Settings (the demo's)."""
     import colray
 
-    run = colray.reindex if rebuild else colray.ingest
+    run = partial(colray.reindex, adopt=adopt) if rebuild else colray.ingest
     try:
         report = run(config, overrides, report_path=report_path, incremental=incremental,
                      on_progress=_emit_progress if emit else None)  # fmt: skip
@@ -472,6 +485,8 @@ def _print_summary(report: RunReport) -> None:
         moved = "updated in place" if r["mode"] == "incremental" else "now serves"
         dropped = f"; dropped {', '.join(r['dropped'])}" if r["dropped"] else ""
         print(f"{r['served_as']} {moved} version {r['version']}{dropped}")
+        if r.get("adopted"):
+            print(f"the plain store it replaced: {r['adopted']}")
     if report.dead_lettered:
         print(f"dead letters: {report.dead_letter_path}")
 

@@ -153,8 +153,9 @@ def _index(spec: VectorSpec) -> str:
 
 MIGRATE_HINT = (
     "To move a store to this job's layout, rebuild it with `colray reindex` (a new version is "
-    "built and switched to at once); or use a new store, or the settings it was built with "
-    "(embed.first_stage, embed.datatype, the model)."
+    "built and switched to at once; add --adopt for a store that `colray ingest` made); or use "
+    "a new store, or the settings it was built with (embed.first_stage, embed.datatype, the "
+    "model)."
 )
 
 

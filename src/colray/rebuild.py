@@ -26,6 +26,7 @@ def reindex(
     report_path: str | os.PathLike[str] | None = None,
     *,
     incremental: bool = False,
+    adopt: bool = False,
     client: Any = None,
     origin: RunOrigin | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
@@ -36,7 +37,10 @@ def reindex(
     `incremental` updates the live version in place instead: unchanged rows are skipped,
     changed rows re-embedded, points whose rows left the source deleted. Queries see a
     complete store throughout, mid-update points being the old or the new version of a row.
-    `client`: an open qdrant-client (local mode allows one per directory).
+    `adopt`: the name may be a plain store made by `colray ingest` (of any layout); it is
+    rebuilt as a version, and the plain store kept as the previous version (Edge) or deleted
+    (Qdrant) just before the switch. `client`: an open qdrant-client (local mode allows one
+    per directory).
     """
     cfg = settings.sink
     owned = None
@@ -46,7 +50,8 @@ def reindex(
         client = owned = make_client(cfg)
     try:
         versions = open_versions(cfg, client)
-        live = versions.live()
+        plain = adopt and versions.is_plain()
+        live = None if plain else versions.live()
         migrating: list[str] = []
         if incremental and live is not None:
             migrating = _layout_changes(settings, versions, live, client)
@@ -66,9 +71,13 @@ def reindex(
                 # Never served, and a rerun builds a version of its own: nothing to keep.
                 _drop_quietly(versions, version)
                 raise
+            if plain:  # the one gap: from here until the switch, the name resolves to nothing
+                live = versions.retire_plain()
             versions.switch(version)
             dropped = _retire(versions, version, live, cfg.keep_versions)
             report.reindex = _summary(cfg.kind, versions, "rebuild", version, live, dropped)
+            if plain:
+                report.reindex["adopted"] = live or "the plain collection, deleted"
             if migrating:
                 report.reindex["layout_changed"] = migrating
         report.save()

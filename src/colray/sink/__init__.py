@@ -160,10 +160,20 @@ class Versions(Protocol):
 
     def drop(self, version: str) -> None: ...
 
+    def is_plain(self) -> bool:
+        """The stable name is a plain store (made by `colray ingest`), not a pointer or alias."""
+        ...
 
-def new_version_name() -> str:
+    def retire_plain(self) -> str | None:
+        """Clear the stable name of its plain store, for `switch` to point it at a version:
+        the store kept as the oldest version (Edge), or deleted (Qdrant cannot rename a
+        collection). Returns the version it was kept as, if kept."""
+        ...
+
+
+def new_version_name(at: dt.datetime | None = None) -> str:
     """`v` and the UTC time to the microsecond: unique per rebuild, and sorts by age."""
-    return "v" + dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S%f")
+    return "v" + (at or dt.datetime.now(dt.UTC)).strftime("%Y%m%d%H%M%S%f")
 
 
 def open_sink(cfg: SinkConfig, layout: list[VectorSpec], client: Any = None) -> Sink:

@@ -5,6 +5,7 @@ One process may hold a store directory at a time, so a job has exactly one Edge 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from colray.sink import (
     Point,
     SinkError,
     hit_from_record,
+    new_version_name,
     query_for,
     stored_hash,
     wire_id,
@@ -271,10 +273,21 @@ class StoreVersions:
         if self.pointer.exists():
             raise SinkError(
                 f"{self.pointer} is a store directory, not a pointer: reindex serves readers "
-                f"through a symlink at that path. Rebuild under a new sink.path once, or move "
-                f"the store aside (a short gap for its readers)."
+                f"through a symlink at that path. `colray reindex --adopt` builds a new version "
+                f"and keeps this store as the previous one (its readers see a gap of a rename), "
+                f"or rebuild under a new sink.path once."
             )
         return None
+
+    def is_plain(self) -> bool:
+        return self.pointer.exists() and not self.pointer.is_symlink()
+
+    def retire_plain(self) -> str | None:
+        made = dt.datetime.fromtimestamp(self.pointer.stat().st_mtime, dt.UTC)
+        kept_as = new_version_name(made)  # older than any rebuild after it
+        self.root.mkdir(exist_ok=True)
+        os.rename(self.pointer, self.root / kept_as)
+        return kept_as
 
     def all(self) -> list[str]:
         if not self.root.is_dir():

@@ -430,10 +430,18 @@ class CollectionVersions:
         if self.alias in self._collections():
             raise SinkError(
                 f"{self.alias!r} is a collection, not an alias: reindex serves queries through "
-                f"an alias of that name. Rebuild under a new sink.collection once, or delete or "
-                f"rename the collection (a short gap for its readers)."
+                f"an alias of that name. `colray reindex --adopt` builds a new version, then "
+                f"deletes this collection and puts the alias in its place (Qdrant cannot "
+                f"rename a collection; its readers see a short gap), or rebuild under a new "
+                f"sink.collection once."
             )
         return None
+
+    def is_plain(self) -> bool:
+        return self.alias in self._collections()
+
+    def retire_plain(self) -> None:
+        self._call(self.client.delete_collection, self.alias)
 
     def all(self) -> list[str]:
         names = self._collections()
