@@ -216,3 +216,28 @@ def test_an_interrupted_run_leaves_a_report_that_says_so(ray_session, tmp_path, 
     assert report["outcome"] == "interrupted" and report["exit_code"] == 130
     assert 16 <= report["points_written"] < 200
     assert os.path.exists(report["dead_letter_path"])
+
+
+@pytest.mark.slow
+def test_a_run_that_starts_its_own_ray_keeps_rays_chatter_off_the_console(
+    tmp_path, module_docs, onnx_cache
+):
+    """Without -v, stderr carries colray's phase lines and bar only: no raylet or core-worker
+    lines, no log-level notice, no Ray Data warnings; the summary is on stdout."""
+    corpus = write_corpus(module_docs[:10], tmp_path / "docs", rows_per_file=10)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "source": {"path": str(corpus), "text_column": "text", "id_column": "doc_id"},
+        "embed": {"model": "minilm-token", "cache_dir": onnx_cache},
+        "sink": {"kind": "edge", "path": str(tmp_path / "store")},
+        "run": {"dir": str(tmp_path / "runs"), "executor": "ray"},
+    }))  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "COLRAY_"))}
+    run = subprocess.run([sys.executable, "-m", "colray.cli", "ingest", "-c", str(job)],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.startswith("ingested 10 points from 10 rows")
+    lines = [part.strip() for line in run.stderr.splitlines() for part in line.split("\r")]
+    others = [line for line in lines if line and not line.startswith(("· ", "written:"))]
+    assert others == [], others
+    assert "· starting Ray" in run.stderr and "· indexing" in run.stderr

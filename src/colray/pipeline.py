@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -123,22 +124,50 @@ def ensure_ray(settings: Settings) -> None:
     """Join run.ray_address, or start (or join) a local Ray."""
     if ray.is_initialized():
         return
-    say(settings.run, f"joining Ray at {settings.run.ray_address}" if settings.run.ray_address
+    run = settings.run
+    say(run, f"joining Ray at {run.ray_address}" if run.ray_address
         else "starting Ray (a local node: a few seconds)")  # fmt: skip
-    port = settings.run.metrics_port
+    port = run.metrics_port
     try:
-        ray.init(
-            address=settings.run.ray_address,
-            logging_level=logging.INFO if verbose() else logging.ERROR,
-            log_to_driver=True,
-            include_dashboard=False,
-            configure_logging=True,
-            # Only when this starts Ray: a cluster's nodes export on their own ports.
-            **({"_metrics_export_port": port} if port and not settings.run.ray_address else {}),
-        )
+        with native_stderr_kept_back() as said:
+            ray.init(
+                address=run.ray_address,
+                logging_level=logging.INFO if verbose() else logging.ERROR,
+                # A cluster job's logs are where its workers' lines belong; on a laptop's
+                # console, the workers' and raylet's notices are chatter unless -v.
+                log_to_driver=verbose() or bool(run.ray_address),
+                include_dashboard=False,
+                configure_logging=True,
+                # Only when this starts Ray: a cluster's nodes export on their own ports.
+                **({"_metrics_export_port": port} if port and not run.ray_address else {}),
+            )
     except Exception as exc:  # a node that timed out starting, an address nobody answers
-        where = settings.run.ray_address or "a local node"
-        raise RayUnavailable(f"Ray could not start or join {where}: {short(exc)}") from exc
+        where = run.ray_address or "a local node"
+        native = f" (Ray said: {short(said[0], 300)})" if said and said[0] else ""
+        raise RayUnavailable(f"Ray could not start or join {where}: {short(exc)}{native}") from exc
+
+
+@contextmanager
+def native_stderr_kept_back() -> Iterator[list[str]]:
+    """Without -v, what Ray's C++ core writes to this process's stderr while it starts (a
+    notice of the log level it read, among others) is kept back: the yielded list gets its
+    text, for an error message if the start fails."""
+    said: list[str] = []
+    if verbose():
+        yield said
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as kept:
+        os.dup2(kept.fileno(), 2)
+        try:
+            yield said
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            kept.seek(0)
+            said.append(kept.read().decode(errors="replace").strip())
 
 
 def say(run: RunConfig, text: str) -> None:

@@ -44,8 +44,8 @@ def ray_data_context(run: RunConfig) -> Iterator[None]:
     # colray's own bar counts what is written; Ray Data's per-operator bars only with -v.
     ctx.enable_progress_bars = run.progress and verbose()
     ctx.verbose_stats_logs = False
-    if not verbose():
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if not verbose():  # its warnings too: "Progress bars disabled", which colray did on purpose
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     # Ray Data holds a task's output until it reaches target_max_block_size (128 MiB by
     # default), which kept embedded batches from the writers until whole tasks ended.
     ctx.target_max_block_size = BLOCK_BYTES
