@@ -169,7 +169,11 @@ def test_pdfs_in_a_column_with_every_kind_of_hostile_document(
 
 
 @pytest.mark.slow
-def test_a_long_document_is_resumed_page_by_page_after_a_kill(ray_session, tmp_path, vision_models):
+def test_a_long_document_is_resumed_page_by_page_after_a_kill(tmp_path, vision_models, monkeypatch):
+    # In-process: page-level resume is the reader's and the ledger's work, the same on Ray
+    # (where test_a_killed_driver_resumes_without_redoing_or_duplicating covers the kill), and
+    # a cold Ray per run made this the suite's slowest test.
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", "local")
     pages = [
         (f"page {n} of a long manual about pumps and valves", (300.0, 200.0)) for n in range(160)
     ]
@@ -180,13 +184,13 @@ def test_a_long_document_is_resumed_page_by_page_after_a_kill(ray_session, tmp_p
         "image": {"model": str(vision_models["colpali"]), "batch_size": 4, "rows_per_call": 4,
                   "cpus_per_actor": 0.5, "decode_cpus": 0.5},
         "sink": {"kind": "edge", "path": str(tmp_path / "store")},
-        "run": {"dir": str(tmp_path / "runs"), "progress": False,
-                "ray_address": ray_session.get_runtime_context().gcs_address},
+        "run": {"dir": str(tmp_path / "runs"), "progress": False},
     }))  # fmt: skip
     done, second = kill_midway_then_rerun(config, tmp_path / "runs", tmp_path / "r.json", 24)
     assert 24 <= done < 160
     assert second.returncode == 0, second.stderr[-2000:]
     report = json.loads((tmp_path / "r.json").read_text())
+    assert report["executor"] == "local"
     assert report["documents_read"] == 1 and report["rows_read"] == 160
     assert report["skipped_existing"] >= done and report["points_in_store"] == 160
     assert report["points_written"] + report["skipped_existing"] == 160
