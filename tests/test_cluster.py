@@ -293,7 +293,7 @@ def kill_worker_raylets(address: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_jobs_survive_losing_their_worker_node(ray_cluster, tmp_path, onnx_cache):
+def test_jobs_survive_losing_their_worker_node(ray_cluster, tmp_path, onnx_cache, capsys):
     """Two jobs at once, one writing a local store from its driver, one writing a Qdrant server
     through writer actors that sit on the worker node: that node's raylet is SIGKILLed mid-run,
     a replacement joins, and both finish with every row exactly once."""
@@ -356,6 +356,21 @@ def test_jobs_survive_losing_their_worker_node(ray_cluster, tmp_path, onnx_cache
         assert second["eta_s"] is not None and second["rows_per_s"] > 0
         shown = cluster.describe_progress(second)
         assert "rows done" in shown and "ETA" in shown and "rows/s over the last minute" in shown
+        # ... and the command itself, as people run it: one job, as text and JSON, and all.
+        capsys.readouterr()
+        assert main(["status", jobs["local"], "--address", ray_cluster]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"{jobs['local']}: RUNNING") and "rows done" in out and "ETA" in out
+        assert main(["status", jobs["local"], "--address", ray_cluster, "--json"]) == 0
+        running = json.loads(capsys.readouterr().out)
+        assert running["status"] == "RUNNING" and running["report"] is None
+        assert running["progress"]["phase"] == "loading"
+        assert running["progress"]["rows_total"] == len(rows)
+        assert main(["status", "--address", ray_cluster]) == 0
+        listed = capsys.readouterr().out.splitlines()
+        for job_id in jobs.values():
+            (line,) = [line for line in listed if line.startswith(job_id)]
+            assert "RUNNING" in line and "ingest" in line
         before = progress()
         lost = kill_worker_raylets(ray_cluster)
         assert lost, "no worker node to kill"

@@ -118,7 +118,8 @@ def value(text: str, name: str, **labels: str) -> float:
     """The sum of a metric's samples whose labels include `labels`."""
     total = 0.0
     for line in text.splitlines():
-        match = re.match(rf"(?:ray_)?{name}(?:_total)?{{(.*)}} ([0-9.e+-]+)$", line)
+        # Ray's export prefixes application metrics with ray_, as infra's dashboard expects.
+        match = re.match(rf"ray_{name}(?:_total)?{{(.*)}} ([0-9.e+-]+)$", line)
         if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
             total += float(match.group(2))
     return total
@@ -180,6 +181,14 @@ def test_a_running_job_exports_its_metrics_to_prometheus(tmp_path, module_docs, 
     assert value(last, "colray_rows_read") == 124
     assert value(last, "colray_dead_letters", stage="embed", error_class="EmptyText") == 4
     assert value(last, "colray_write_retries") >= sum(faults.injected.values()) > 0
+    # Each retry is tagged with its kind: every injected fault of a kind shows under its tag.
+    injected = {kind: sum(n for k, n in faults.injected.items() if k.startswith(kind))
+                for kind in ("429", "5", "drop")}  # fmt: skip
+    assert value(last, "colray_write_retries", reason="429") >= injected["429"]
+    assert value(last, "colray_write_retries", reason="5xx") >= injected["5"]
+    dropped = sum(value(last, "colray_write_retries", reason=r) for r in ("connection", "timeout"))
+    assert dropped >= injected["drop"]
+    assert sum(injected.values()) == sum(faults.injected.values())  # no kind left out
     assert 'sink="docs"' in last and "run_id=" in last
     assert "colray_write_batch_seconds" in last and "colray_embed_batch_seconds" in last
     assert "metrics-s3cret" not in last and server.url not in last

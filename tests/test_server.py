@@ -366,3 +366,33 @@ def test_the_writer_keeps_requests_under_the_servers_body_limit():
         upserts = [r for r in server.requests if r.method == "PUT" and r.path.endswith("/points")]
         assert len(upserts) > 1 and max(r.body_bytes for r in upserts) < MAX_BODY_BYTES
         assert 400 not in server.status_counts()
+
+
+@pytest.mark.slow
+def test_a_job_publishes_the_servers_indexing_progress_for_status(
+    tmp_path, small_corpus, onnx_cache, monkeypatch
+):
+    """What `colray status` shows of a running job comes from what the job publishes: while
+    the server indexes, the phase is `indexing`, with the server's status and queue. Run in
+    this process (the ledger publishes it, on Ray or not), which also writes a server sink
+    from the driver."""
+    from colray.cluster import describe_progress
+
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", "local")
+    seen: list[dict] = []
+    with QdrantStandIn(api_key=SECRET, yellow_for_s=7.0) as server:
+        monkeypatch.setenv("COLRAY_TEST_RAY_ADDRESS", "-")  # text_job's; a local job has none
+        config = yaml.safe_load(text_job(tmp_path, small_corpus, onnx_cache, server).read_text())
+        config["run"].pop("ray_address")
+        monkeypatch.setenv("COLRAY_SINK__API_KEY", SECRET)
+        report = colray.ingest(config, on_progress=seen.append)
+    assert report.executor == "local" and report.points_in_store == 60
+    assert [p["phase"] for p in seen][:1] == ["preparing"] and seen[-1]["phase"] == "done"
+    indexing = [p for p in seen if p["phase"] == "indexing" and p.get("indexing")]
+    assert indexing, [p["phase"] for p in seen]
+    during = indexing[0]
+    assert during["indexing"]["status"] == "yellow" and during["rows_done"] == 60
+    shown = describe_progress(during)
+    assert shown.startswith("indexing: 60 of 60 rows done (100%)")
+    assert "server yellow" in shown and "points queued" in shown
+    assert_no_secret(json.dumps(seen))

@@ -103,7 +103,10 @@ class Writers:
         """Write every block; yield each one's outcome as it is done."""
         if self.local is not None:
             for block in blocks:
-                yield self.local.write(block.fetch())
+                table = block.fetch()
+                metrics.gauge("colray_rows_in_flight", table.num_rows)
+                yield self.local.write(table)
+                metrics.gauge("colray_rows_in_flight", 0)
             return
         yield from self._write_remote(blocks)
 
