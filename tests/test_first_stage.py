@@ -182,6 +182,7 @@ def test_an_old_layout_store_is_refused_and_reindex_migrates_it(
         colray.reindex(new)
     adopted = colray.reindex(new, adopt=True)
     assert adopted.points_written == 60 and adopted.reindex["mode"] == "rebuild"
+    assert adopted.mode == "reindex" and adopted.exit_code == 0
     assert colray.search(new, "read and write zip archives", limit=3)
     store = open_sink(new.sink, prepare_job(new).layout)  # the new layout, behind the old name
     store.open_for_reading()
@@ -215,3 +216,4 @@ def test_an_old_layout_store_is_refused_and_reindex_migrates_it(
     # From now on, incremental runs update the new layout in place.
     again = colray.reindex(new_served, incremental=True)
     assert again.reindex["mode"] == "incremental" and again.incremental["unchanged"] == 60
+    assert again.mode == "reindex --incremental"

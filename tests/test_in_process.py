@@ -119,7 +119,7 @@ def test_in_process_stores_what_ray_stores_and_never_starts_ray(
 
     # No-op incremental: every row unchanged, nothing embedded or written.
     again = colray.ingest(in_process, incremental=True)
-    assert again.executor == "local"
+    assert again.executor == "local" and again.mode == "ingest --incremental"
     assert again.incremental == {"unchanged": 30, "updated": 0, "added": 0, "deleted": 0}
     assert again.points_written == 0 and again.points_in_store == 30
     assert again.stages_s.get("embed", 0) < 0.2  # the model (seconds to load) never loaded

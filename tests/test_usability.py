@@ -241,3 +241,26 @@ def test_a_run_that_starts_its_own_ray_keeps_rays_chatter_off_the_console(
     others = [line for line in lines if line and not line.startswith(("· ", "written:"))]
     assert others == [], others
     assert "· starting Ray" in run.stderr and "· indexing" in run.stderr
+
+
+@pytest.mark.slow
+def test_a_query_with_no_results_says_so_and_a_missing_key_file_is_one_line(
+    tmp_path, capsys, onnx_cache, monkeypatch
+):
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", "local")  # a two-row job: no Ray needed
+    job = query_job(tmp_path)
+    # Every row dead-lettered: a store that exists and holds nothing.
+    blanks = [{"doc_id": "a", "title": "t", "text": " "}, {"doc_id": "b", "title": "t", "text": ""}]
+    pq.write_table(pa.Table.from_pylist(blanks), tmp_path / "docs.parquet")
+    cache = ["--set", f"embed.cache_dir={onnx_cache}"]
+    assert main(["ingest", "-c", str(job), *cache, "--set", "run.max_failed_fraction=1"]) == 0
+    capsys.readouterr()
+    assert main(["query", "-c", str(job), *cache, "zip archives"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "no results: the store holds no points" in err
+    assert main(["query", "-c", str(job), *cache, "--json", "zip archives"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    server = ["--set", "sink.kind=qdrant", "--set", "sink.path=null", "--set",
+              "sink.url=http://127.0.0.1:9", "--set", f"sink.api_key_file={tmp_path / 'nokey'}"]  # fmt: skip
+    assert main(["query", "-c", str(job), *server, "zip"]) == 2
+    assert "sink.api_key_file" in one_line_error(capsys.readouterr().err)
