@@ -96,6 +96,7 @@ def test_every_page_is_a_point_with_its_page_and_text_vectors(
     for (document, page), point in points.items():
         assert point.payload["page_count"] == (3 if document == "report.pdf" else 2)
         assert point.payload["_colray"]["key"] == f"{document}#page={page}"
+        assert point.payload["_colray"]["location"] == f"{document}#page={page}"
         pdf = pdfs[document]
         (expected,) = page_model.embed_images([rendered(pdf, page - 1, job.image_model.geometry)])
         np.testing.assert_allclose(point.vectors["page"], expected.vectors, atol=1e-4)
@@ -161,8 +162,11 @@ def test_pdfs_in_a_column_with_every_kind_of_hostile_document(
     assert strip_page["source_location"] == "documents.parquet#1#page=2"
     store = open_sink(settings.sink, prepare_job(settings).layout)
     store.open_for_reading()
-    titles = {(h.payload["document"], h.payload["page"]): h.payload["title"]
-              for h in store.retrieve_all(with_vectors=False)}  # fmt: skip
+    hits = store.retrieve_all(with_vectors=False)
+    titles = {(h.payload["document"], h.payload["page"]): h.payload["title"] for h in hits}
+    locations = {h.payload["_colray"]["location"] for h in hits}
+    assert locations == {"documents.parquet#0#page=1", "documents.parquet#0#page=2",
+                         "documents.parquet#1#page=1"}  # fmt: skip
     store.close()
     assert titles == {("manual", 1): "the manual", ("manual", 2): "the manual",
                       ("strip", 1): "a poster"}  # fmt: skip

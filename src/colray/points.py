@@ -205,6 +205,8 @@ class BlockWriter:
             payload.update(
                 document=rows.documents[i], page=rows.pages[i], page_count=rows.page_counts[i]
             )
+            # Where the page came from (file, or parquet row, and page): a hit leads back to it.
+            payload["_colray"]["location"] = rows.locations[i]
             if rows.no_text[i]:
                 payload["_colray"]["text_layer"] = False
         return payload
