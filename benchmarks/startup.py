@@ -53,11 +53,69 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{pick(*runs[e][:2]):.1f}" for e in runs) + " |")
     print("| no-op `--incremental` run, wall clock | "
           + " | ".join(f"{runs[e][2]:.1f}" for e in runs) + " |")  # fmt: skip
+    print()
+    print(
+        "| where a cold local Ray's seconds go (a fresh process, nothing of colray's) | seconds |"
+    )
+    print("| --- | ---: |")
+    for name, seconds in ray_alone(work).items():
+        print(f"| {name} | {seconds:.1f} |")
     local, ray = runs["local"], runs["ray"]
     print(f"\ncold_300_rows_s={local[0]:.1f} demo_query_s={demo_s:.1f} "
           f"noop_incremental_s={local[2]:.1f} (targets 15 / 3 / 10); on Ray: "
           f"cold_300_rows_s={ray[0]:.1f} noop_incremental_s={ray[2]:.1f}")  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
+
+
+RAY_ALONE = """
+import json, sys, time
+marks = {}
+start = time.perf_counter()
+import ray
+marks["import ray"] = time.perf_counter() - start
+ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+marks["ray.init(): a local node (GCS, raylet, agents)"] = time.perf_counter() - start
+ray.get(ray.remote(lambda: 1).remote())
+marks["a first task (a worker process starts)"] = time.perf_counter() - start
+import ray.data
+marks["import ray.data (pandas under it)"] = time.perf_counter() - start
+ray.data.DataContext.get_current().enable_progress_bars = False
+ray.data.range(8).map_batches(lambda b: b).count()
+marks["a first Ray Data job (its stats and autoscaling actors)"] = time.perf_counter() - start
+
+
+class Model:
+    def __init__(self, cache):
+        began = time.perf_counter()
+        from colray.config import EmbedConfig
+        from colray.embed import load_embedder
+        imported = time.perf_counter()
+        load_embedder(EmbedConfig(cache_dir=cache))
+        self.seconds = (imported - began, time.perf_counter() - imported)
+
+    def __call__(self, batch):
+        return {"imports": [self.seconds[0]], "load": [self.seconds[1]]}
+
+
+[row] = ray.data.range(1).map_batches(
+    Model, fn_constructor_args=(sys.argv[1],), compute=ray.data.ActorPoolStrategy(size=1)
+).take_all()
+marks["an embedding actor: start, imports and model load"] = time.perf_counter() - start
+marks["  of which colray's and ONNX Runtime's imports in the actor"] = row["imports"]
+marks["  of which loading the model in the actor"] = row["load"]
+print(json.dumps(marks))
+"""
+
+
+def ray_alone(work: Path) -> dict[str, float]:
+    """Ray's own start, step by step, then an embedding actor's: cumulative seconds from the
+    process start, except the two parts of the actor's own work."""
+    cache = str(Path.home() / ".cache" / "colray")
+    run = subprocess.run([sys.executable, "-c", RAY_ALONE, cache], cwd=work,
+                         capture_output=True, text=True)  # fmt: skip
+    if run.returncode != 0:
+        raise SystemExit(f"the Ray start-up probe failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def small_job(work: Path, corpus: Path, executor: str) -> tuple[float, dict, float]:
