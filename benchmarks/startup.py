@@ -54,9 +54,7 @@ def main() -> None:
     print("| no-op `--incremental` run, wall clock | "
           + " | ".join(f"{runs[e][2]:.1f}" for e in runs) + " |")  # fmt: skip
     print()
-    print(
-        "| where a cold local Ray's seconds go (a fresh process, nothing of colray's) | seconds |"
-    )
+    print("| a cold local Ray, step by step (a fresh process) | seconds from its start |")
     print("| --- | ---: |")
     for name, seconds in ray_alone(work).items():
         print(f"| {name} | {seconds:.1f} |")
