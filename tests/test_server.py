@@ -325,6 +325,9 @@ def test_the_standin_refuses_what_a_server_refuses():
         with pytest.raises(UnexpectedResponse) as unauthorised:
             QdrantClient(url=server.url, timeout=10).get_collections()
         assert unauthorised.value.status_code == 401
+        with pytest.raises(UnexpectedResponse) as forbidden:
+            QdrantClient(url=server.url, api_key="wrong", timeout=10).get_collections()
+        assert forbidden.value.status_code == 403
         client = QdrantClient(url=server.url, api_key=SECRET, timeout=60)
         params = models.VectorParams(size=1024, distance=models.Distance.COSINE,
                                      multivector_config=models.MultiVectorConfig(
@@ -396,3 +399,24 @@ def test_a_job_publishes_the_servers_indexing_progress_for_status(
     assert shown.startswith("indexing: 60 of 60 rows done (100%)")
     assert "server yellow" in shown and "points queued" in shown
     assert_no_secret(json.dumps(seen))
+
+
+def test_a_wrong_api_key_is_one_line_naming_where_the_key_comes_from(
+    tmp_path, small_corpus, onnx_cache, capsys, monkeypatch
+):
+    from colray.cli import main
+
+    with QdrantStandIn(api_key=SECRET) as server:
+        monkeypatch.setenv("COLRAY_TEST_RAY_ADDRESS", "-")
+        config = yaml.safe_load(text_job(tmp_path, small_corpus, onnx_cache, server).read_text())
+        config["run"].pop("ray_address")
+        config["run"]["executor"] = "local"  # refused before any work: no Ray needed
+        (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+        monkeypatch.setenv("COLRAY_SINK__API_KEY", "not-the-key")
+        for command in (["ingest"], ["query", "zip archives"]):
+            assert main([command[0], "-c", str(tmp_path / "job.yaml"), *command[1:]]) == 2
+            (line,) = [line for line in capsys.readouterr().err.splitlines() if line]
+            assert f"the server at {server.url} refused the API key (403: Invalid API key" in line
+            assert "COLRAY_SINK__API_KEY or sink.api_key_file" in line
+            assert "not-the-key" not in line
+        assert server.status_counts()[403] >= 2 and server.errors == []

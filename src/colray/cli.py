@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import textwrap
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from functools import partial
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # qdrant-client's version check warns on any refused first request; colray says why itself.
+    warnings.filterwarnings("ignore", message="Failed to obtain server version")
     if args.verbose:
         os.environ["COLRAY_VERBOSE"] = "1"
     else:

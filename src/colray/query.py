@@ -21,7 +21,14 @@ from colray.layout import (
     text_layout,
     text_query_plan,
 )
-from colray.sink import Hit, RetriesExhausted, SinkError, open_sink, unreachable
+from colray.sink import (
+    Hit,
+    RetriesExhausted,
+    SinkError,
+    open_sink,
+    refused_credentials,
+    unreachable,
+)
 
 
 def search(
@@ -48,6 +55,10 @@ def search(
         hits = sink.query(encode(text), plan, limit=limit)
     except RetriesExhausted as exc:
         raise SinkError(f"cannot reach the server at {settings.sink.location()}: {exc}") from None
+    except Exception as exc:
+        if refused_credentials(exc):
+            raise unreachable(settings.sink, exc) from None
+        raise
     finally:
         sink.close()
     return [Hit(h.id, h.score, h.payload) for h in hits]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -212,7 +213,28 @@ def unreachable(cfg: SinkConfig, exc: Exception) -> SinkError:
             f"the local-mode store at {cfg.location()} is open in another process (a running "
             "ingest?); one process may hold it at a time"
         )
+    if refused_credentials(exc):
+        from colray.config import API_KEY_ENV
+
+        return SinkError(
+            f"the server at {cfg.location()} refused the API key "
+            f"({exc.status_code}: {_server_message(exc)}); set {API_KEY_ENV} or "  # type: ignore[attr-defined]
+            "sink.api_key_file to its key"
+        )
     return SinkError(f"cannot open the sink ({cfg.location()}): {type(exc).__name__}: {short(exc)}")
+
+
+def refused_credentials(exc: BaseException) -> bool:
+    """A server's 401 (no key) or 403 (a wrong one): retrying cannot help, the user can."""
+    return getattr(exc, "status_code", None) in (401, 403)
+
+
+def _server_message(exc: BaseException) -> str:
+    """The error Qdrant put in its response envelope, else the HTTP reason."""
+    try:
+        return str(json.loads(exc.content)["status"]["error"])  # type: ignore[attr-defined]
+    except Exception:  # not Qdrant's envelope
+        return str(getattr(exc, "reason_phrase", "") or "refused")
 
 
 def open_versions(cfg: SinkConfig, client: Any = None) -> Versions:
