@@ -84,6 +84,7 @@ class Request:
     path: str
     body_bytes: int
     status: int
+    at: float = 0.0  # time.monotonic() when it was answered
 
 
 class QdrantStandIn:
@@ -97,12 +98,16 @@ class QdrantStandIn:
         yellow_for_s: float = 0.0,
         upsert_delay_s: float = 0.0,
         never_green: bool = False,
+        rate_limit: tuple[int, int] | None = None,
     ):
         self.api_key = api_key
         self.faults = faults or Faults()
         self.yellow_for_s = yellow_for_s  # after indexing is switched on
         self.upsert_delay_s = upsert_delay_s  # a loaded server: each upsert takes this long
         self.never_green = never_green
+        # Strict mode: at most this many upserts a second, else 429 with Retry-After seconds.
+        self.rate_limit = rate_limit
+        self._upserts_at: list[float] = []
         self.engine = QdrantClient(":memory:")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -174,6 +179,7 @@ class QdrantStandIn:
                     f"JSON payload ({len(body)} bytes) is larger than allowed "
                     f"(limit: {MAX_BODY_BYTES} bytes).",
                 )
+            self._limit_rate(request)
             kind, apply_first = self.faults.roll(request.method, request.path, body)
             if kind is not None and apply_first:
                 self._route(request.method, request.path, request.query, body)
@@ -207,6 +213,22 @@ class QdrantStandIn:
         request.transport.abort()
         return web.Response(status=500)  # never sent: the socket is gone
 
+    def _limit_rate(self, request: web.Request) -> None:
+        if self.rate_limit is None or not (request.method == "PUT" and
+                                           request.path.endswith("/points")):  # fmt: skip
+            return
+        per_second, retry_after_s = self.rate_limit
+        now = time.monotonic()
+        with self._lock:
+            self._upserts_at = [t for t in self._upserts_at if now - t < 1.0]
+            if len(self._upserts_at) >= per_second:
+                raise Refused(
+                    429,
+                    f"Rate limiting exceeded: Write rate limit exceeded: {per_second} per second",
+                    {"Retry-After": str(retry_after_s)},
+                )
+            self._upserts_at.append(now)
+
     def _authorize(self, request: web.Request) -> None:
         if self.api_key is None:
             return
@@ -218,7 +240,9 @@ class QdrantStandIn:
 
     def _log(self, request: web.Request, size: int, status: int) -> None:
         with self._lock:
-            self.requests.append(Request(request.method, request.path, size, status))
+            self.requests.append(
+                Request(request.method, request.path, size, status, time.monotonic())
+            )
 
     # --- Qdrant's routes over the local engine ---------------------------------------------
 

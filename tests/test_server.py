@@ -149,6 +149,29 @@ def sink_for(server: QdrantStandIn, **cfg) -> QdrantSink:
     return sink
 
 
+def test_a_strict_mode_rate_limit_is_waited_out_as_the_server_asks():
+    """Qdrant's strict mode answers 429 with Retry-After: the writer waits that long (not its
+    own short backoff) before it tries again, and every point arrives."""
+    with QdrantStandIn(rate_limit=(4, 1)) as server:
+        config = SinkConfig(kind="qdrant", url=server.url, collection="c", batch_size=2,
+                            **FAST_RETRIES)  # fmt: skip
+        sink = QdrantSink(config, [VectorSpec("text", 8)])
+        sink.prepare()
+        rng = np.random.default_rng(0)
+        points = [Point(point_id("t", str(i)), {"text": rng.normal(size=(3, 8)).astype(np.float32)})
+                  for i in range(24)]  # fmt: skip
+        for i in range(0, len(points), 2):  # 12 upserts: three times the limit
+            sink.write(points[i : i + 2])
+        assert sink.count() == 24
+        sink.close()
+    upserts = [r for r in server.requests if r.method == "PUT" and r.path.endswith("/points")]
+    limited = [i for i, r in enumerate(upserts) if r.status == 429]
+    assert limited, [r.status for r in upserts]
+    for i in limited:  # the next attempt came no sooner than the server's Retry-After
+        assert upserts[i + 1].at - upserts[i].at >= 0.95, (i, upserts[i + 1].at - upserts[i].at)
+    assert sum(r.status == 200 for r in upserts) == 12
+
+
 def test_finalize_waits_through_yellow_with_the_servers_progress():
     with QdrantStandIn(yellow_for_s=2.0) as server:
         sink = sink_for(server)
