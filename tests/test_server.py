@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +237,43 @@ def test_a_server_that_stops_answering_stops_the_run_and_a_rerun_finishes_it(
         assert second["points_in_store"] == 60 and second["outcome"] == "succeeded"
         keys = stored_keys(server)
         assert len(keys) == len(set(keys)) == 60
+
+
+@pytest.mark.slow
+def test_a_server_that_goes_away_mid_run_ends_it_in_one_line_with_a_report(
+    tmp_path, small_corpus, onnx_cache, monkeypatch
+):
+    """Connections refused, not errors answered: the server process is gone. The writer (here
+    the driver's: the path is the same in writer actors) stops after max_failed_batches."""
+    monkeypatch.setenv("COLRAY_TEST_RAY_ADDRESS", "-")
+    server = QdrantStandIn(api_key=SECRET, upsert_delay_s=0.3)
+    server.start()
+    try:
+        config = yaml.safe_load(text_job(tmp_path, small_corpus, onnx_cache, server,
+                                         retry_attempts=3, max_failed_batches=3).read_text())  # fmt: skip
+        config["run"].pop("ray_address")
+        job = tmp_path / "gone.yaml"
+        job.write_text(yaml.safe_dump(config))
+        command = [sys.executable, "-m", "colray.cli", "ingest", "-c", str(job), "--set",
+                   "run.executor=local"]  # fmt: skip
+        env = {**os.environ, "COLRAY_SINK__API_KEY": SECRET}
+        run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while sum(r.path.endswith("/points") for r in server.requests) < 3:
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-2000:]
+            time.sleep(0.05)
+    finally:
+        server.stop()  # mid-run: from here on every connection is refused
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 1, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("colray:")]
+    assert len(lines) == 1 and "batches in a row could not be written" in lines[0], err[-2000:]
+    assert "check the server" in lines[0] and "Traceback" not in err
+    report = json.loads(Path(err.split("report: ")[1].split()[0]).read_text())
+    assert report["outcome"] == "failed" and "SinkUnavailable" in report["error"]
+    assert 0 < report["points_written"] < 60
+    assert_no_secret(err, paths=[tmp_path / "runs"])
 
 
 @pytest.mark.slow
