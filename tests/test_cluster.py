@@ -419,8 +419,9 @@ def test_a_forwarded_override_is_another_scheduled_job(tmp_path, monkeypatch):
 
 
 @contextlib.contextmanager
-def refusing_dashboard() -> Iterator[str]:
-    """A Ray dashboard's job API, over real HTTP, that takes the upload and refuses the job."""
+def refusing_dashboard(refuse: str = "jobs") -> Iterator[str]:
+    """A Ray dashboard's job API, over real HTTP, that takes the upload and refuses the job;
+    or (`refuse`) refuses its version check, or answers for a job and refuses its logs."""
     import asyncio
     import threading
 
@@ -428,6 +429,8 @@ def refusing_dashboard() -> Iterator[str]:
     from aiohttp import web
 
     async def version(request: web.Request) -> web.Response:
+        if refuse == "version":
+            return web.Response(status=403, text="Forbidden: the proxy wants a token")
         return web.json_response({"version": "4", "ray_version": ray.__version__,
                                   "ray_commit": ray.__commit__, "session_name": "s"})  # fmt: skip
 
@@ -438,11 +441,21 @@ def refusing_dashboard() -> Iterator[str]:
     async def jobs(request: web.Request) -> web.Response:
         return web.Response(status=500, text="Internal Server Error: the job manager is down")
 
+    async def job(request: web.Request) -> web.Response:
+        return web.json_response({"type": "SUBMISSION", "job_id": None, "status": "RUNNING",
+                                  "submission_id": request.match_info["id"], "entrypoint": "x",
+                                  "message": "", "metadata": {}})  # fmt: skip
+
+    async def logs(request: web.Request) -> web.Response:
+        return web.Response(status=503, text="Service Unavailable: the log agent is gone")
+
     loop = asyncio.new_event_loop()
     app = web.Application(client_max_size=1 << 30)
     app.router.add_get("/api/version", version)
     app.router.add_route("*", "/api/packages/{tail:.*}", package)
     app.router.add_post("/api/jobs/", jobs)
+    app.router.add_get("/api/jobs/{id}", job)
+    app.router.add_get("/api/jobs/{id}/logs", logs)
     runner = web.AppRunner(app, access_log=None)
     port = free_port()
 
@@ -477,3 +490,17 @@ def test_a_refusal_from_the_dashboard_is_one_line_and_exit_1(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("colray:")]
     assert len(err) == 1 and err[0].startswith("colray: the Ray dashboard at http://127.0.0.1:")
     assert "refused to submit the job: HTTP 500" in err[0] and "job manager is down" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("refuse", "command", "action"),
+    [("version", ["status", "colray-ingest-x"], "answer its version check: Authentication failed"),
+     ("logs", ["status", "colray-ingest-x"], "give the logs of job 'colray-ingest-x': HTTP 503"),
+     ("logs", ["logs", "colray-ingest-x"], "give the logs of job 'colray-ingest-x': HTTP 503")],
+)  # fmt: skip
+def test_every_refusal_from_the_dashboard_is_one_line(refuse, command, action, capsys):
+    with refusing_dashboard(refuse) as address:
+        assert main([*command, "--address", address]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("colray: the Ray dashboard at http://127.0.0.1:")
+    assert action in err[0], err[0]

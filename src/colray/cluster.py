@@ -189,7 +189,10 @@ def job_state(address: str | None, submission_id: str) -> JobState:
             raise ConfigError([f"ID: the cluster has no job {submission_id!r}"]) from None
         raise refused(address, f"show job {submission_id!r}", exc) from None
     status = str(getattr(info.status, "value", info.status))
-    logs = client.get_job_logs(submission_id) if status != "PENDING" else ""
+    try:
+        logs = client.get_job_logs(submission_id) if status != "PENDING" else ""
+    except Exception as exc:
+        raise refused(address, f"give the logs of job {submission_id!r}", exc) from None
     report = report_from_logs(logs) if status in TERMINAL else None
     progress = last_marked(logs, PROGRESS_MARKER)
     return JobState(submission_id, status, info.message, info.driver_exit_code, report, progress)
@@ -262,7 +265,10 @@ def _duration(seconds: float) -> str:
 
 def job_logs(address: str | None, submission_id: str) -> str:
     job_state(address, submission_id)  # an unknown id is a clear error, not a 404 trace
-    return str(_client(address).get_job_logs(submission_id))
+    try:
+        return str(_client(address).get_job_logs(submission_id))
+    except Exception as exc:
+        raise refused(address, f"give the logs of job {submission_id!r}", exc) from None
 
 
 def follow(
@@ -297,3 +303,5 @@ def _client(address: str | None) -> Any:
         raise ConfigError(
             [f"--address: cannot reach the Ray dashboard at {where}: {exc}"]
         ) from None
+    except Exception as exc:  # it answered, and refused (a proxy's 403, a 5xx on /api/version)
+        raise refused(address, "answer its version check", exc) from None
