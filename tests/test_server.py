@@ -109,6 +109,13 @@ def test_three_writers_under_http_faults_write_every_row_once(
         assert server.largest_body() < MAX_BODY_BYTES and server.errors == []
         assert 400 not in server.status_counts() and 401 not in server.status_counts()
         assert_no_secret(run.stdout, run.stderr, json.dumps(report), paths=[tmp_path / "runs"])
+        # ... nor in what Ray's GCS keeps of the jobs (entrypoints) and actors, which its
+        # dashboard shows (this session's Ray has none, so read the GCS tables directly).
+        import ray._private.state as ray_state
+
+        actors = list(ray_state.actors().values())
+        assert any("SinkWriter" in a["ActorClassName"] for a in actors)
+        assert_no_secret(json.dumps([ray_state.jobs(), actors], default=str))
 
 
 @pytest.mark.slow
