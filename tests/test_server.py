@@ -120,10 +120,11 @@ def test_three_writers_under_http_faults_write_every_row_once(
 
 @pytest.mark.slow
 def test_page_images_through_three_writers_under_faults(
-    ray_address, tmp_path, page_corpus, vision_models
+    ray_address, tmp_path, page_corpus, vision_models, monkeypatch
 ):
     faults = Faults(rate=0.2, seed=5, paths=("/points",))
-    with QdrantStandIn(faults=faults) as server:
+    monkeypatch.setenv("COLRAY_SINK__API_KEY", SECRET)
+    with QdrantStandIn(api_key=SECRET, faults=faults) as server:
         settings = load_settings(
             None,
             base={
@@ -142,9 +143,14 @@ def test_page_images_through_three_writers_under_faults(
         assert report.points_written == report.points_in_store == GOOD_PAGES
         dead = {d["row_key"] for d in pq.read_table(report.dead_letter_path).to_pylist()}
         assert dead == set(BAD_PAGES)  # decoding failures only: no write was lost to a fault
+        assert report.rows_read == GOOD_PAGES + len(BAD_PAGES) and report.dead_lettered == len(
+            BAD_PAGES
+        )
         keys = stored_keys(server, "pages")
         assert len(keys) == len(set(keys)) == GOOD_PAGES
         assert sum(faults.injected.values()) > 0 and server.errors == []
+        assert server.largest_body() < MAX_BODY_BYTES and 401 not in server.status_counts()
+        assert_no_secret(report.to_json(), paths=[tmp_path / "runs"])
 
 
 def sink_for(server: QdrantStandIn, **cfg) -> QdrantSink:
