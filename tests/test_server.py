@@ -102,6 +102,8 @@ def test_three_writers_under_http_faults_write_every_row_once(
         assert len(keys) == len(set(keys)) == 60  # every row once
         upserts = [r for r in server.requests if r.method == "PUT" and r.path.endswith("/points")]
         assert len(upserts) >= 30  # 60 rows, batches of 2, through the writer actors
+        # Every upsert the server failed was retried, and the report counts the retries.
+        assert report["write_retries"] >= sum(r.status != 200 for r in upserts) > 0
         injected = faults.injected
         assert sum(injected.values()) >= 8, injected  # the faults really happened
         assert injected["drop before"] + injected["drop after"] > 0, injected

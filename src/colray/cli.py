@@ -472,6 +472,8 @@ def _print_summary(report: RunReport) -> None:
         f"interrupted run, {report.duplicate_ids} duplicate ids) in {report.duration_s:.1f}s; "
         f"store holds {report.points_in_store} points\nreport: {report.report_path}"
     )
+    if report.write_retries:
+        print(f"write retries: {report.write_retries} (the sink's transient failures, retried)")
     ours = report.points_written - report.duplicate_ids + report.skipped_existing
     ours += report.incremental["unchanged"] if report.incremental else 0
     stale = report.points_in_store - ours - report.dead_lettered

@@ -108,11 +108,20 @@ def retry_reason(exc: BaseException) -> str:
     return "timeout" if "timeout" in text or "timed out" in text else "connection"
 
 
+_retries_here = [0]  # every retry this process scheduled, for the run report
+
+
+def retries_so_far() -> int:
+    """Sink calls this process has retried so far (with or without Ray)."""
+    return _retries_here[0]
+
+
 def _count_retries() -> None:
     """Every retry stamina schedules in this process, counted by its reason."""
     import stamina.instrumentation as instrumentation
 
     def on_retry(details: Any) -> None:
+        _retries_here[0] += 1
         count("colray_write_retries", reason=retry_reason(details.caused_by))
 
     instrumentation.set_on_retry_hooks([on_retry])

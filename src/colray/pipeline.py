@@ -91,6 +91,7 @@ def embed_and_write(job: Job, sink: Sink, ledger: Ledger) -> None:
     """Start Ray, run the plan, and hand each embedded block to the writers as it comes."""
     settings = job.settings
     tags = metrics.run_tags(ledger.report.run_id, settings.sink.name())
+    metrics.use(tags)  # the driver's retries are counted for the report, on Ray or not
     if job.in_process:
         say(settings.run, "a small job: every stage in this process, no Ray (run.executor)")
         with Writers(job, sink) as writers:
@@ -105,7 +106,6 @@ def embed_and_write(job: Job, sink: Sink, ledger: Ledger) -> None:
         settings.run,
         f"starting {actors} embedding actor(s); they load the model, then rows flow",
     )
-    metrics.use(tags)
     with ray_data_context(settings.run), Writers(job, sink, tags) as writers, worker_failures():
         # Starting execution spawns the embedder actors, whose start-up (seconds) overlaps
         # the writers' checks; the actors still wait for those checks before embedding.

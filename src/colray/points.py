@@ -62,6 +62,7 @@ class WriteOutcome:
     skipped: int = 0  # finished by an interrupted run of this job
     unchanged: int = 0  # stored with the same content hash (incremental runs)
     duplicates: int = 0  # rows whose id an earlier row of this run already wrote
+    retries: int = 0  # sink calls retried while writing the block
     dead_letters: list[DeadLetter] = field(default_factory=list)
     seconds: float = 0.0
     upstream_seconds: dict[str, float] = field(default_factory=dict)  # read, embed time
@@ -121,7 +122,7 @@ class BlockWriter:
     def write(self, table: pa.Table) -> WriteOutcome:
         """The block's rows as points; raises SinkUnavailable once sink.max_failed_batches
         batches in a row ran out of retries (the sink is gone, not some rows bad)."""
-        began = time.perf_counter()
+        began, retried_before = time.perf_counter(), metrics.retries_so_far()
         rows = _Rows(table, self.layout, self.payload_columns)
         outcome = WriteOutcome(rows=table.num_rows)
         starts = [
@@ -142,6 +143,7 @@ class BlockWriter:
             if column in table.column_names
         }
         outcome.seconds = time.perf_counter() - began
+        outcome.retries = metrics.retries_so_far() - retried_before
         return outcome
 
     def _points(self, rows: _Rows, outcome: WriteOutcome) -> tuple[list[Point], dict[str, int]]:

@@ -101,6 +101,7 @@ class RunReport:
     retryable_dead_letters: int = 0
     skipped_existing: int = 0
     duplicate_ids: int = 0  # rows whose id an earlier row of the run had (the later one wins)
+    write_retries: int = 0  # sink calls retried while writing (timeouts, 429, 5xx, connections)
     # Files whose footer could not be read: dead-lettered whole, rows unknown, not in rows_*.
     unreadable_files: int = 0
     points_in_store: int = 0
@@ -273,6 +274,7 @@ class Ledger:
         report.points_written += outcome.points_written
         report.skipped_existing += outcome.skipped
         report.duplicate_ids += outcome.duplicates
+        report.write_retries += outcome.retries
         self.stage_s.update({**outcome.upstream_seconds, "write": outcome.seconds})
         self._write_dead(outcome.dead_letters)
         dead_ids = [d["point_id"] for d in outcome.dead_letters if d["point_id"]]
