@@ -106,6 +106,10 @@ def test_models_lists_registry(capsys) -> None:
     models = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     assert models["minilm-token"]["dims"] == 384
     assert models["answerai-colbert-small-v1"]["profile"] == "colbert"
+    pages = {name for name, m in models.items() if m["kind"] == "image"}
+    assert pages == {"ColPali", "ColQwen2", "ColQwen2.5", "ColQwen3", "ColQwen3.5",
+                     "ColQwen2.5-Omni", "ColGemma3", "ColIdefics3", "ColModernVBert"}  # fmt: skip
+    assert models["ColQwen3"]["dims"] == 320 and "pooled=false" in models["ColIdefics3"]["source"]
 
 
 def test_console_script_is_installed() -> None:

@@ -198,3 +198,77 @@ def test_a_long_document_is_resumed_page_by_page_after_a_kill(tmp_path, vision_m
     assert report["documents_read"] == 1 and report["rows_read"] == 160
     assert report["skipped_existing"] >= done and report["points_in_store"] == 160
     assert report["points_written"] + report["skipped_existing"] == 160
+
+
+@pytest.mark.slow
+def test_pdf_sources_of_every_shape_and_a_render_dpi_cap(
+    tmp_path, pdfs, vision_models, onnx_cache, monkeypatch
+):
+    """A single file, a glob, an fsspec URI, and PDF bytes in a Hugging Face dataset's column
+    all become the same pages; image.render_dpi caps the render below the model's budget.
+    In-process: these are the reader's and the render stage's work, the same on Ray."""
+    import datasets
+
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", "local")
+    root = write_pdfs(tmp_path / "pdfs", pdfs)
+    hf = tmp_path / "hf"
+    datasets.Dataset.from_dict({"doc_id": list(pdfs), "pdf": list(pdfs.values())}).save_to_disk(
+        str(hf)
+    )
+    shapes = {
+        "file": ({"path": str(root / "report.pdf"), "format": "pdf"}, {"report.pdf": 3}),
+        "glob": ({"path": str(root / "**" / "*.pdf"), "format": "pdf"},
+                 {"report.pdf": 3, "manuals/manual.pdf": 2}),
+        "uri": ({"path": root.as_uri(), "format": "pdf"},
+                {"report.pdf": 3, "manuals/manual.pdf": 2}),
+        "hf column": ({"path": str(hf), "format": "hf", "document_column": "pdf",
+                       "id_column": "doc_id"}, {"report.pdf": 3, "manuals/manual.pdf": 2}),
+    }  # fmt: skip
+    model = vision_models["colqwen2"]
+    for name, (source, pages) in shapes.items():
+        out = tmp_path / name
+        settings = settings_for(out, {**source, "name": "docs"}, ENGINES["edge"](out), model,
+                                onnx_cache)  # fmt: skip
+        report = colray.ingest(settings)
+        assert report.executor == "local" and report.dead_lettered == 0, name
+        assert report.documents_read == len(pages), name
+        assert report.points_in_store == sum(pages.values()), name
+        store = open_sink(settings.sink, prepare_job(settings).layout)
+        store.open_for_reading()
+        found = {(h.payload["document"], h.payload["page"], h.payload["page_count"])
+                 for h in store.retrieve_all(with_vectors=False)}  # fmt: skip
+        store.close()
+        assert found == {(d, p, n) for d, n in pages.items() for p in range(1, n + 1)}, name
+
+    # render_dpi: 10 DPI is below the tiny ColQwen2's budget, so the page is rendered smaller
+    # (then fitted to the model's grid): the vectors are those of the page rendered at 10 DPI.
+    capped_dir = tmp_path / "dpi"
+    capped = settings_for(capped_dir, {"path": str(root / "report.pdf"), "format": "pdf",
+                                       "name": "docs"}, ENGINES["edge"](capped_dir), model,
+                          onnx_cache, render_dpi=10)  # fmt: skip
+    assert colray.ingest(capped).points_in_store == 3
+    job = prepare_job(capped)
+    store = open_sink(capped.sink, job.layout)
+    store.open_for_reading()
+    first = next(h for h in store.retrieve_all() if h.payload["page"] == 1)
+    store.close()
+    full = open_sink(settings_for(tmp_path / "file", {"path": "x", "format": "pdf"},
+                                  ENGINES["edge"](tmp_path / "file"), model,
+                                  onnx_cache).sink, job.layout)  # fmt: skip
+    full.open_for_reading()
+    uncapped = next(h for h in full.retrieve_all() if h.payload["page"] == 1)
+    full.close()
+    capped_page, full_page = np.asarray(first.vectors["page"]), np.asarray(uncapped.vectors["page"])
+    assert capped_page.shape != full_page.shape or not np.allclose(
+        capped_page, full_page, atol=1e-3
+    )
+    page = pdfium.PdfDocument(pdfs["report.pdf"])[0]
+    width, height = page.get_size()
+    assert render_scale(job.image_model.geometry, width, height, 10) == pytest.approx(10 / 72)
+    image = page.render(scale=10 / 72).to_pil().convert("RGB")
+    from PIL import Image
+
+    image = image.resize(job.image_model.geometry.target_size(*image.size),
+                         Image.Resampling.BICUBIC)  # fmt: skip
+    (expected,) = ColPaliFamilyEmbedder(job.image_model, capped.image).embed_images([image])
+    np.testing.assert_allclose(first.vectors["page"], expected.vectors, atol=1e-4)

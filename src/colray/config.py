@@ -254,8 +254,9 @@ class ImageConfig(_Compute):
 
     model: str | None = Field(
         default=None,
-        description="A local model directory or a Hub id of a colpali-engine model "
-        "(ColPali, ColQwen2, ColQwen2.5, ColIdefics3/ColSmol, ColModernVBert).",
+        description="A local model directory or a Hub id of a colpali-engine model (ColPali, "
+        "ColQwen2, ColQwen2.5, ColQwen3, ColQwen3.5, ColQwen2.5-Omni, ColGemma3, "
+        "ColIdefics3/ColSmol, ColModernVBert; `colray models` lists them).",
     )
     vector_name: str = Field(default="page", description="Named vector of the page.")
     batch_size: int = Field(default=4, gt=0, description="Images per forward pass.")
