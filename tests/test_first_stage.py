@@ -156,7 +156,10 @@ def test_float16_stores_keep_float16_precision_and_the_ranking(
     rounded = 0
     for doc in module_docs[:60]:
         full = embedder.embed_documents([doc["text"]])[0]
-        np.testing.assert_allclose(stored[doc["title"]]["text"], full, atol=1e-3, rtol=1e-3)
+        # To float16 precision: the halves of the model's own float32 vectors, give or take
+        # one half's step where the pipeline's batch and this one differ in the last bits.
+        halves = full.astype(np.float16).astype(np.float32)
+        np.testing.assert_allclose(stored[doc["title"]]["text"], halves, rtol=2**-10, atol=1e-6)
         rounded += not np.array_equal(stored[doc["title"]]["text"], full)
     assert rounded == 60  # really stored as halves
     for doc in sorted(module_docs[:60], key=lambda d: -len(d["text"]))[:5]:

@@ -350,3 +350,32 @@ def test_text_and_page_vectors_in_one_point(
     for hit in hits:
         assert set(hit.vectors) == {"text", "page"}
         assert hit.vectors["text"].shape[1] == 384 and hit.vectors["page"].shape[1] == 128
+
+
+@pytest.mark.slow
+def test_float16_page_vectors_keep_float16_precision(tmp_path, page_corpus, vision_models,
+                                                     monkeypatch):  # fmt: skip
+    """image.datatype: float16 on Edge stores each page's vectors as halves of the float32
+    ones (in-process: the datatype is the sink's business, the same on Ray)."""
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", "local")
+    stored = {}
+    for datatype in ("float32", "float16"):
+        out = tmp_path / datatype
+        settings = image_settings(out, page_corpus, vision_models["colqwen2"],
+                                  {"kind": "edge", "path": str(out / "store")},
+                                  image={"datatype": datatype})  # fmt: skip
+        report = colray.ingest(settings)
+        assert report.executor == "local" and report.points_written == GOOD_PAGES
+        sink = open_sink(settings.sink, prepare_job(settings).layout)
+        sink.open_for_reading()
+        stored[datatype] = {h.id: h.vectors for h in sink.retrieve_all()}
+        sink.close()
+    assert stored["float16"].keys() == stored["float32"].keys()
+    names = set(next(iter(stored["float32"].values())))
+    assert "page" in names and len(names) == 3, names  # the page and its two pooled vectors
+    for pid, full in stored["float32"].items():
+        for name in names:
+            halves = np.asarray(full[name], np.float32).astype(np.float16).astype(np.float32)
+            np.testing.assert_allclose(stored["float16"][pid][name], halves, rtol=2**-10,
+                                       atol=2**-24)  # fmt: skip
+            assert not np.array_equal(stored["float16"][pid][name], full[name])

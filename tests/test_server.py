@@ -496,3 +496,35 @@ def test_a_wrong_api_key_is_one_line_naming_where_the_key_comes_from(
             assert "COLRAY_SINK__API_KEY or sink.api_key_file" in line
             assert "not-the-key" not in line
         assert server.status_counts()[403] >= 2 and server.errors == []
+
+
+@pytest.mark.slow
+def test_float16_and_the_two_stage_query_over_http(
+    tmp_path, small_corpus, module_docs, onnx_cache, monkeypatch
+):
+    """What a server gets asked: collections whose vectors are float16 when the job says so
+    (the MUVERA vector with HNSW, the token vectors rerank-only), and queries that prefetch on
+    MUVERA and rerank by MaxSim in one request. In-process: the driver writes the server."""
+    monkeypatch.setenv("COLRAY_TEST_RAY_ADDRESS", "-")
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", "local")
+    monkeypatch.setenv("COLRAY_SINK__API_KEY", SECRET)
+    with QdrantStandIn(api_key=SECRET) as server:
+        config = yaml.safe_load(text_job(tmp_path, small_corpus, onnx_cache, server).read_text())
+        config["run"].pop("ray_address")
+        config["embed"].update(datatype="float16", prefetch_limit=20)
+        report = colray.ingest(config)
+        assert report.points_in_store == 60
+        created = [json.loads(b) for b in server.bodies if b.startswith(b'{"vectors"')]
+        assert created, "no collection was created"
+        vectors = created[0]["vectors"]
+        assert {v["datatype"] for v in vectors.values()} == {"float16"}, vectors
+        assert vectors["text"]["hnsw_config"]["m"] == 0 and "multivector_config" in vectors["text"]
+        assert "multivector_config" not in vectors["text_muvera"]
+        server.bodies.clear()
+        doc = max(module_docs[:60], key=lambda d: len(d["text"]))
+        hits = colray.search(config, " ".join(doc["text"].split()[:12]), limit=3)
+        assert hits[0].payload["title"] == doc["title"]
+        (query,) = [json.loads(b) for b in server.bodies if b"prefetch" in b]
+        (prefetch,) = query["prefetch"]
+        assert prefetch["using"] == "text_muvera" and prefetch["limit"] == 20
+        assert query["using"] == "text" and query["limit"] == 3
