@@ -76,10 +76,18 @@ ENGINES = {
 }
 
 
+@pytest.fixture
+def in_process(monkeypatch):
+    """These tests are of layouts, encodings, datatypes and queries, the same whichever executor embeds the rows: every stage
+    runs in this process (run.executor=local), which keeps Ray's start-up out of them; the
+    Ray path is tested elsewhere (test_pipeline, test_reliability, test_server, ...)."""
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", "local")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_two_stage_queries_are_exact_maxsim_over_their_candidates(
-    engine, ray_session, tmp_path, small_corpus, module_docs, onnx_cache
+    engine, in_process, tmp_path, small_corpus, module_docs, onnx_cache
 ):
     settings = settings_for(tmp_path, small_corpus, onnx_cache, ENGINES[engine](tmp_path))
     report = colray.ingest(settings)
@@ -142,7 +150,7 @@ def test_two_stage_queries_are_exact_maxsim_over_their_candidates(
 
 @pytest.mark.slow
 def test_float16_stores_keep_float16_precision_and_the_ranking(
-    ray_session, tmp_path, small_corpus, module_docs, onnx_cache
+    in_process, tmp_path, small_corpus, module_docs, onnx_cache
 ):
     # On Edge, which stores halves (qdrant-client's local mode ignores the datatype).
     settings = settings_for(tmp_path, small_corpus, onnx_cache, ENGINES["edge"](tmp_path),
@@ -170,7 +178,7 @@ def test_float16_stores_keep_float16_precision_and_the_ranking(
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_an_old_layout_store_is_refused_and_reindex_migrates_it(
-    engine, ray_session, tmp_path, small_corpus, onnx_cache
+    engine, in_process, tmp_path, small_corpus, onnx_cache
 ):
     sink = ENGINES[engine](tmp_path)
     old = settings_for(tmp_path, small_corpus, onnx_cache, sink, first_stage="none")

@@ -110,6 +110,16 @@ def assert_readers_never_saw_a_gap(reader: Reader, reports: list[Any]) -> None:
 
 # The same alias swap runs over HTTP in the default suite (test_server.py); local mode is the
 # same QdrantSink code on another transport, so it runs with `make test-all`.
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """These tests are of versions, pointers and incremental changes, the same whichever executor embeds the rows: every stage
+    runs in this process (run.executor=local), which keeps Ray's start-up out of them; the
+    Ray path is tested elsewhere (test_pipeline, test_reliability, test_server, ...)."""
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", "local")
+
+
 @pytest.mark.e2e
 def test_alias_rebuilds_never_show_readers_a_partial_collection(
     ray_session, tmp_path, module_docs, onnx_cache
@@ -143,7 +153,7 @@ def test_alias_rebuilds_never_show_readers_a_partial_collection(
 
 
 @pytest.mark.slow
-def test_edge_rebuilds_switch_an_atomic_pointer(ray_session, tmp_path, module_docs, onnx_cache):
+def test_edge_rebuilds_switch_an_atomic_pointer(in_process, tmp_path, module_docs, onnx_cache):
     pointer = tmp_path / "store"
     sink = {"kind": "edge", "path": str(pointer)}
     model: dict[str, Any] = {}
@@ -193,7 +203,7 @@ def snapshot(settings: Settings, client: Any = None) -> dict[str, tuple[str, str
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["qdrant-local", "edge"])
 def test_incremental_reindex_changes_exactly_the_edited_added_and_deleted_rows(
-    ray_session, tmp_path, module_docs, onnx_cache, engine
+    in_process, tmp_path, module_docs, onnx_cache, engine
 ):
     client = QdrantClient(path=str(tmp_path / "qdrant")) if engine == "qdrant-local" else None
     sink = (
