@@ -273,15 +273,26 @@ def maxsim(query: np.ndarray, doc: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize(
-    ("family", "sink_kind", "image_options"),
+    ("family", "sink_kind", "image_options", "executor"),
     [
-        ("colqwen2", "edge", {"binary_quantization": True, "on_disk": True}),
-        ("colpali", "qdrant", {}),
+        ("colqwen2", "edge", {"binary_quantization": True, "on_disk": True}, "ray"),
+        # The layout and the exact rerank are the sink's and the query's: the other family
+        # and engine run in this process, which skips Ray's decode tasks and actor start.
+        ("colpali", "qdrant", {}, "local"),
     ],
 )
 def test_page_ingest_stores_pooled_layout_and_reranks_exactly(
-    ray_session, tmp_path, page_corpus, vision_models, family, sink_kind, image_options
+    ray_session,
+    tmp_path,
+    page_corpus,
+    vision_models,
+    family,
+    sink_kind,
+    image_options,
+    executor,
+    monkeypatch,
 ):
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", executor)
     sink = {"kind": sink_kind, "path": str(tmp_path / "store")}
     settings = image_settings(
         tmp_path, page_corpus, vision_models[family], sink, image=image_options

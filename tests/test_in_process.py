@@ -32,24 +32,30 @@ def settings_with(tmp_path: Path, **sections) -> colray.Settings:
     return load_settings(None, base=base)
 
 
-def test_auto_keeps_small_text_jobs_into_local_stores_off_ray(tmp_path, monkeypatch):
+def test_auto_keeps_small_jobs_on_one_machine_off_ray(tmp_path, monkeypatch):
     monkeypatch.delenv("COLRAY_RUN__EXECUTOR")
     auto = settings_with(tmp_path)
     assert auto.run.executor == "auto"
-    assert runs_in_process(auto, 1000, embeds_pages=False)
-    assert not runs_in_process(auto, 1001, embeds_pages=False)  # run.local_max_rows
-    assert not runs_in_process(auto, 10, embeds_pages=True)  # page models: Ray's decode pays
+    assert runs_in_process(auto, 1000)
+    assert not runs_in_process(auto, 1001)  # run.local_max_rows
+    pages = settings_with(tmp_path, source={"text_column": None, "image_column": "image"},
+                          image={"model": str(tmp_path)})  # fmt: skip
+    assert runs_in_process(pages, 100)
     local_mode = settings_with(tmp_path, sink={"kind": "qdrant", "path": str(tmp_path / "q")})
-    assert runs_in_process(local_mode, 10, embeds_pages=False)
+    assert runs_in_process(local_mode, 10)
     server = settings_with(tmp_path, sink={"kind": "qdrant", "path": None,
                                            "url": "http://127.0.0.1:6333"})  # fmt: skip
-    assert not runs_in_process(server, 10, embeds_pages=False)
+    assert not runs_in_process(server, 10)  # writer actors
     for asks_for_ray in ({"ray_address": "auto"}, {"metrics_port": 9100}):
-        assert not runs_in_process(settings_with(tmp_path, run=asks_for_ray), 10, False)
-    assert not runs_in_process(settings_with(tmp_path, embed={"num_gpus": 1}), 10, False)
+        assert not runs_in_process(settings_with(tmp_path, run=asks_for_ray), 10)
+    assert not runs_in_process(settings_with(tmp_path, embed={"num_gpus": 1}), 10)
+    assert not runs_in_process(settings_with(tmp_path, embed={"num_actors": 2}), 10)
+    page_gpu = settings_with(tmp_path, source={"text_column": None, "image_column": "image"},
+                             image={"model": str(tmp_path), "num_gpus": 0.5})  # fmt: skip
+    assert not runs_in_process(page_gpu, 10)
     # Asked for by name, either way, whatever the size.
-    assert runs_in_process(settings_with(tmp_path, run={"executor": "local"}), 10**6, True)
-    assert not runs_in_process(settings_with(tmp_path, run={"executor": "ray"}), 1, False)
+    assert runs_in_process(settings_with(tmp_path, run={"executor": "local"}), 10**6)
+    assert not runs_in_process(settings_with(tmp_path, run={"executor": "ray"}), 1)
 
 
 @pytest.mark.parametrize("conflict", [{"ray_address": "auto"}, {"metrics_port": 9100}])

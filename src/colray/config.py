@@ -441,15 +441,15 @@ class RunConfig(_Section):
         default="auto",
         description="Where the stages run. ray: on Ray actors (a cluster, or a local node "
         "colray starts). local: in this process, one block at a time, no Ray at all. auto: "
-        "local for a small text job (at most run.local_max_rows rows) into a local store "
-        "with no Ray address, GPUs or metrics port, where Ray's start-up would be most of "
-        "the run; ray otherwise.",
+        "local for a small job (at most run.local_max_rows rows or documents) into a local "
+        "store with one embedding actor and no Ray address, GPUs or metrics port, where "
+        "Ray's start-up would be most of the run; ray otherwise.",
     )
     local_max_rows: int = Field(
         default=1000,
         ge=0,
-        description="The most rows a text job may have for run.executor=auto to run it in "
-        "this process.",
+        description="The most rows (or documents) a job may have for run.executor=auto to "
+        "run it in this process.",
     )
 
     @field_validator("dir")

@@ -57,21 +57,28 @@ def prepare_job(settings: Settings) -> Job:
         layout,
         job_fingerprint(settings, layout, files),
         content_salt(settings, layout),
-        runs_in_process(settings, source.num_rows, image_model is not None),
+        runs_in_process(settings, source.num_rows),
     )
 
 
-def runs_in_process(settings: Settings, rows: int, embeds_pages: bool) -> bool:
-    """run.executor resolved. `auto` keeps small text jobs into a local store off Ray: a
-    local node's start-up (10-20 s on a laptop) would be most of such a run. Page models
-    cost ~100x more per row, so there Ray's parallel decode pays back within a few pages."""
+def runs_in_process(settings: Settings, rows: int) -> bool:
+    """run.executor resolved. `auto` keeps a small job on one machine off Ray: a local node's
+    start-up (10-20 s on a laptop) would be most of the run, and one embedding actor on a
+    machine without GPUs embeds no faster on Ray than in this process. Ray it is for a cluster,
+    GPUs, several actors, a metrics port, a server sink's writer actors, or many rows."""
     run, sink = settings.run, settings.sink
     if run.executor != "auto":
         return run.executor == "local"
-    small = rows <= run.local_max_rows and not embeds_pages and not settings.source.documents
+    sections = []
+    if settings.source.embeds_text:
+        sections.append(settings.embed)
+    if settings.source.embeds_pages:
+        sections.append(settings.image)
+    one_machine = not (run.ray_address or run.metrics_port) and all(
+        s.num_actors == 1 and not s.num_gpus for s in sections
+    )
     local_store = sink.kind == "edge" or sink.path is not None
-    asks_for_ray = bool(run.ray_address or run.metrics_port or settings.embed.num_gpus)
-    return small and local_store and not asks_for_ray
+    return one_machine and local_store and rows <= run.local_max_rows
 
 
 def _text_dim(settings: Settings) -> int:
