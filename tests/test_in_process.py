@@ -4,6 +4,7 @@ same points, vectors, dead letters, resume and incremental behaviour as the Ray 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ def settings_with(tmp_path: Path, **sections) -> colray.Settings:
 
 def test_auto_keeps_small_jobs_on_one_machine_off_ray(tmp_path, monkeypatch):
     monkeypatch.delenv("COLRAY_RUN__EXECUTOR")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     auto = settings_with(tmp_path)
     assert auto.run.executor == "auto"
     assert runs_in_process(auto, 1000)
@@ -49,6 +51,9 @@ def test_auto_keeps_small_jobs_on_one_machine_off_ray(tmp_path, monkeypatch):
     for asks_for_ray in ({"ray_address": "auto"}, {"metrics_port": 9100}):
         assert not runs_in_process(settings_with(tmp_path, run=asks_for_ray), 10)
     assert not runs_in_process(settings_with(tmp_path, embed={"num_gpus": 1}), 10)
+    with monkeypatch.context() as inside_a_ray_job:  # a submitted job's driver
+        inside_a_ray_job.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+        assert not runs_in_process(auto, 10)
     assert not runs_in_process(settings_with(tmp_path, embed={"num_actors": 2}), 10)
     page_gpu = settings_with(tmp_path, source={"text_column": None, "image_column": "image"},
                              image={"model": str(tmp_path), "num_gpus": 0.5})  # fmt: skip
@@ -108,8 +113,9 @@ def test_in_process_stores_what_ray_stores_and_never_starts_ray(
         "import sys, colray, ray; report = colray.ingest(sys.argv[1]); "
         "assert not ray.is_initialized(), 'Ray was started'; print(report.report_path)"
     )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # ray_session's
     run = subprocess.run([sys.executable, "-c", code, str(in_process)], capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+                         text=True, timeout=300, env=env)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(Path(run.stdout.strip().splitlines()[-1]).read_text())
     assert report["executor"] == "local" and report["outcome"] == "succeeded"

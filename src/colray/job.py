@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +75,9 @@ def runs_in_process(settings: Settings, rows: int) -> bool:
         sections.append(settings.embed)
     if settings.source.embeds_pages:
         sections.append(settings.image)
-    one_machine = not (run.ray_address or run.metrics_port) and all(
-        s.num_actors == 1 and not s.num_gpus for s in sections
-    )
+    # A Ray job's driver (`colray submit`, `ray job submit`) has RAY_ADDRESS: its cluster.
+    asks_for_ray = run.ray_address or run.metrics_port or os.environ.get("RAY_ADDRESS")
+    one_machine = not asks_for_ray and all(s.num_actors == 1 and not s.num_gpus for s in sections)
     local_store = sink.kind == "edge" or sink.path is not None
     return one_machine and local_store and rows <= run.local_max_rows
 
