@@ -73,8 +73,10 @@ def rendered(pdf: bytes, index: int, geometry) -> object:
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_every_page_is_a_point_with_its_page_and_text_vectors(
-    engine, ray_session, tmp_path, pdfs, vision_models, onnx_cache
+    engine, ray_session, tmp_path, pdfs, vision_models, onnx_cache, monkeypatch
 ):
+    # Edge on Ray; the other engine in this process (the engine's part is the same either way).
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", "ray" if engine == "edge" else "local")
     root = write_pdfs(tmp_path / "pdfs", pdfs)
     source = {"path": str(root), "format": "pdf", "page_text": True, "name": "docs"}
     settings = settings_for(tmp_path, source, ENGINES[engine](tmp_path), vision_models["colqwen2"],
