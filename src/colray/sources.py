@@ -510,6 +510,12 @@ def _resolve_hub(cfg: SourceConfig) -> tuple[pafs.FileSystem, str, list[tuple[st
         hub = HfFileSystem()
         root = f"datasets/{cfg.path}@~parquet/{cfg.hf_config}/{cfg.split}"
         files = sorted(hub.glob(f"{root}/*.parquet"))
+        if not files:  # a split (or config) the dataset does not have: say which it has
+            config_root = root.rsplit("/", 1)[0]
+            splits = [entry.rsplit("/", 1)[-1] for entry in hub.ls(config_root, detail=False)]
+            _check_split(cfg, splits)
+    except ConfigError:
+        raise
     except Exception as exc:
         raise ConfigError(
             [
