@@ -89,6 +89,65 @@ def test_runs_reads_a_jobs_run_dir(tmp_path, run_dir, capsys):
     assert len(json.loads(capsys.readouterr().out)) == 4
 
 
+@pytest.mark.slow
+def test_runs_over_real_runs_of_every_outcome(tmp_path, module_docs, onnx_cache, capsys,
+                                              monkeypatch):  # fmt: skip
+    """The folders real runs leave (in-process, so each takes seconds): succeeded, too many
+    dead letters, failed (the server refused every write), interrupted (Ctrl-C)."""
+    monkeypatch.setenv("COLRAY_RUN__EXECUTOR", "local")
+    runs = tmp_path / "runs"
+    good = [dict(r) for r in module_docs[:10]]
+    blank = [{"doc_id": f"blank-{i}", "title": "", "text": " "} for i in range(10)]
+
+    def job(name: str, rows: list[dict], **sink) -> Path:
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / f"{name}.parquet")
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(json.dumps({
+            "source": {"path": str(tmp_path / f"{name}.parquet"), "text_column": "text",
+                       "id_column": "doc_id", "rows_per_block": 8},
+            "embed": {"model": "minilm-token", "cache_dir": onnx_cache, "rows_per_call": 8},
+            "sink": sink or {"kind": "edge", "path": str(tmp_path / f"{name}-store")},
+            "run": {"dir": str(runs), "progress": False},
+        }))  # fmt: skip
+        return path
+
+    assert main(["ingest", "-c", str(job("good", good))]) == 0
+    assert main(["ingest", "-c", str(job("blank", good + blank))]) == 3
+    refusing = Faults(paths=("/points",), methods=("PUT",), outage=10**9)
+    with QdrantStandIn(faults=refusing) as server:
+        failing = job("failing", good, kind="qdrant", url=server.url, collection="docs",
+                      retry_attempts=1, max_failed_batches=1)  # fmt: skip
+        assert main(["ingest", "-c", str(failing)]) == 1
+    slow = job("slow", [dict(r) for r in module_docs[:200]])
+    command = [sys.executable, "-m", "colray.cli", "ingest", "-c", str(slow)]
+    interrupted = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(len(log.read_text().split()) >= 8 for log in runs.glob("resume/*/done.log")):
+        assert interrupted.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    interrupted.send_signal(2)
+    interrupted.communicate(timeout=60)
+    assert interrupted.returncode == 130
+    capsys.readouterr()
+
+    assert main(["runs", "--dir", str(runs), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["outcome"] for r in listed] == ["interrupted", "failed", "too_many_dead_letters",
+                                              "succeeded"]  # fmt: skip
+    assert [r["written"] for r in listed][1:] == [0, 10, 10] and 8 <= listed[0]["written"] < 200
+    assert listed[2]["dead_lettered"] == 10 and listed[3]["rows"] == 10
+    assert main(["runs", "show", listed[1]["id"], "--dir", str(runs)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"{listed[1]['id']}: failed (exit 1)") and "SinkUnavailable" in shown
+    assert main(["runs", "show", listed[2]["id"], "--dir", str(runs)]) == 0
+    assert "10  embed: EmptyText" in capsys.readouterr().out
+    # Prune keeps the newest run, and the interrupted run's resume state, which a rerun needs.
+    assert main(["runs", "prune", "--keep", "1", "--dir", str(runs)]) == 0
+    assert "removed 3 run(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in runs.iterdir()) == sorted([listed[0]["id"], "resume"])
+    assert list(runs.glob("resume/*/done.log"))
+
+
 # --- metrics ---------------------------------------------------------------------------------
 
 JOB = """
