@@ -390,6 +390,11 @@ class SinkConfig(_Section):
             "collection": self.collection if self.kind == "qdrant" else None,
         }
 
+    @property
+    def single_process(self) -> bool:
+        """Edge or qdrant-client's local mode: a directory one process may hold at a time."""
+        return self.kind == "edge" or self.path is not None
+
     def name(self) -> str:
         """What metrics call the sink: the collection, or the store's folder name."""
         return self.collection if self.kind == "qdrant" else Path(str(self.path)).name

@@ -78,7 +78,7 @@ class MultivectorDatasink(Datasink[WriteOutcome]):
         self.payload_columns = list(payload_columns)
         self.dead_letter_path = Path(dead_letter_path) if dead_letter_path else None
         # Edge and local mode: one actor holds the store, found by name from the write tasks.
-        self.local = self.cfg.kind == "edge" or self.cfg.path is not None
+        self.local = self.cfg.single_process
         self.holder_name = f"colray-store-{uuid.uuid4().hex}"
         self._holder: Any = None
         self.outcome: WriteOutcome | None = None  # set once the write completed

@@ -73,7 +73,7 @@ class Writers:
         args = (cfg, job.layout, job.settings.source.payload_columns, job.source.name)
         self.local: BlockWriter | None = None
         self.actors: list[Any] = []
-        if cfg.kind == "edge" or cfg.path is not None or job.in_process:
+        if cfg.single_process or job.in_process:
             self.local = BlockWriter(sink, *args)
         else:
             writer = SinkWriter.options(num_cpus=cfg.cpus_per_writer)  # type: ignore[attr-defined]

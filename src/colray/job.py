@@ -78,7 +78,7 @@ def runs_in_process(settings: Settings, rows: int) -> bool:
     # A Ray job's driver (`colray submit`, `ray job submit`) has RAY_ADDRESS: its cluster.
     asks_for_ray = run.ray_address or run.metrics_port or os.environ.get("RAY_ADDRESS")
     one_machine = not asks_for_ray and all(s.num_actors == 1 and not s.num_gpus for s in sections)
-    local_store = sink.kind == "edge" or sink.path is not None
+    local_store = sink.single_process
     return one_machine and local_store and rows <= run.local_max_rows
 
 
