@@ -12,15 +12,20 @@ tokens. At each size, in one process:
 - queries: exact MaxSim (Edge's full scan of the multivectors: its latency; and numpy over the
   stored vectors: the exact ranking), and MUVERA prefetch + rerank at each --prefetch limit;
 - at --float16-sizes the points are copied into a float16 store and queried the same way;
+- at --cosine-sizes they are copied into a store whose encodings are compared by cosine
+  instead of dot product (the README's choice between the two);
 - at --pool-sizes the pipeline runs again with pool_factor 2.
 
     uv run --group bench python benchmarks/first_stage.py --sizes 10000      # ~25 min
     uv run --group bench python benchmarks/first_stage.py --sizes 10000,100000 --hnsw-sizes 2000,5000,10000
+    # one size again, its variants merged into an earlier run's results (and the plot redrawn):
+    uv run --group bench python benchmarks/first_stage.py --sizes 100000 --merge docs/first_stage.json ...
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -36,7 +41,7 @@ import numpy as np
 from scaling import corpus_rows  # benchmarks/ is on sys.path when run as a script
 
 import colray
-from colray.config import Settings, load_settings
+from colray.config import EmbedConfig, Settings, load_settings
 from colray.demo import write_corpus
 from colray.embed import load_embedder
 from colray.embed.muvera import muvera_for
@@ -48,6 +53,7 @@ DIM = 384  # minilm-token's vectors
 FDE_DIMS = 10_240  # MUVERA at fastembed's defaults
 DOC_MAXLEN = 128
 MIN_DOC_WORDS = 12
+DEFAULT_PREFETCH = EmbedConfig.model_fields["prefetch_limit"].default
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
@@ -174,8 +180,9 @@ def exact_ranks(
 def run_queries(
     settings: Settings, plans: dict[str, QueryPlan], queries: list[dict[str, np.ndarray]],
     targets: list[str], variant: Variant, limit_queries: dict[str, int],
+    layout: list[VectorSpec] | None = None,
 ) -> None:  # fmt: skip
-    sink = open_sink(settings.sink, text_layout(settings.embed, DIM))
+    sink = open_sink(settings.sink, layout or text_layout(settings.embed, DIM))
     sink.open_for_reading()
     try:
         for label, plan in plans.items():
@@ -242,6 +249,17 @@ def measure_size(
         run_queries(half_settings, plans, queries, targets, half, limits)
         variants.append(half)
 
+    if size in args.cosine_sizes:
+        cosine = Variant("muvera cosine")
+        cosine_settings = settings_for(work, corpus, f"cosine-{size}")
+        layout = [dataclasses.replace(spec, distance="cosine") if not spec.multivector else spec
+                  for spec in text_layout(cosine_settings.embed, DIM)]  # fmt: skip
+        cosine.build_s = copy_store(muvera_settings, cosine_settings, layout, size)
+        cosine.bytes_per_point = store_bytes(Path(cosine_settings.sink.path or "")) / size
+        run_queries(cosine_settings, plans, queries, targets, cosine, limits, layout)
+        variants.append(cosine)
+        shutil.rmtree(cosine_settings.sink.path or "", ignore_errors=True)
+
     for n in sorted(x for x in args.hnsw_sizes if x <= size and x not in builds):
         old = settings_for(work, corpus, f"old-{size}-{n}", first_stage="none")
         print(f"size {size}: HNSW on the multivector, {n} points", flush=True)
@@ -297,8 +315,9 @@ def print_tables(results: list[dict[str, object]]) -> list[str]:
                 print(f"| {v['name']} | {label} | {statistics.median(times):.1f} | "
                       f"{p(times, 0.95):.1f} | {m:.3f} | {m / mrr(exact):.3f} | {r:.3f} | "
                       f"{r / recall(exact):.3f} |")  # fmt: skip
-                if v["name"] == "muvera float32" and label == "prefetch 200":
-                    ratios.append(f"mrr_muvera200/exact@{size}={m / mrr(exact):.3f}")
+                if v["name"] == "muvera float32" and label == f"prefetch {DEFAULT_PREFETCH}":
+                    ratios.append(f"mrr_default_prefetch/exact@{size}={m / mrr(exact):.3f}")
+                    ratios.append(f"r10_default_prefetch/exact@{size}={r / recall(exact):.3f}")
         print("\n| variant | index build s | vector bytes per point | disk per point | "
               "first-stage share of embed |")  # fmt: skip
         print("| --- | ---: | ---: | ---: | ---: |")
@@ -353,6 +372,22 @@ def plot(results: list[dict[str, object]], out: Path) -> None:
     print(f"plot: {out}")
 
 
+def merged(
+    earlier: list[dict[str, object]], new: list[dict[str, object]]
+) -> list[dict[str, object]]:
+    """`earlier` results with this run's sizes updated: a variant measured again replaces its
+    earlier measurement, the others are kept (same corpus and model, so the same exact ranks)."""
+    by_size = {r["size"]: r for r in earlier}
+    for result in new:
+        old = by_size.get(result["size"])
+        if old is not None:
+            names = {v["name"] for v in result["variants"]}  # type: ignore[attr-defined]
+            kept = [v for v in old["variants"] if v["name"] not in names]  # type: ignore[attr-defined]
+            result = {**old, **result, "variants": result["variants"] + kept}  # type: ignore[operator]
+        by_size[result["size"]] = result
+    return [by_size[size] for size in sorted(by_size)]  # type: ignore[type-var]
+
+
 def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -365,6 +400,8 @@ def main() -> None:
     parser.add_argument("--hnsw-sizes", type=ints, default=[2000, 5000, 10000])
     parser.add_argument("--float16-sizes", type=ints, default=[10000])
     parser.add_argument("--pool-sizes", type=ints, default=[10000])
+    parser.add_argument("--cosine-sizes", type=ints, default=[10000])
+    parser.add_argument("--merge", help="an earlier run's results to merge this run's into")
     parser.add_argument(
         "--exact-latency-queries",
         type=int,
@@ -379,6 +416,8 @@ def main() -> None:
         results = [measure_size(size, args, work, builds) for size in args.sizes]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.merge:
+        results = merged(json.loads(Path(args.merge).read_text()), results)
     Path(args.out).write_text(json.dumps(results))
     ratios = print_tables(results)
     plot(results, DOCS / "first_stage.png")
