@@ -20,6 +20,8 @@ tokens. At each size, in one process:
     uv run --group bench python benchmarks/first_stage.py --sizes 10000,100000 --hnsw-sizes 2000,5000,10000
     # one size again, its variants merged into an earlier run's results (and the plot redrawn):
     uv run --group bench python benchmarks/first_stage.py --sizes 100000 --merge docs/first_stage.json ...
+    # a long run that may be interrupted: --work keeps its stores, and a re-run reuses them
+    uv run --group bench python benchmarks/first_stage.py --sizes 100000 --work /tmp/fs-work ...
 """
 
 from __future__ import annotations
@@ -98,13 +100,27 @@ def settings_for(work: Path, corpus: Path, name: str, **embed: object) -> Settin
 
 
 def ingest(settings: Settings, variant: Variant) -> None:
+    """The pipeline's load of `settings`' store, timed; or, where an interrupted run in the same
+    --work folder left the store and its timings, those reused (a 100k load takes ~45 min)."""
+    store = Path(settings.sink.path or "")
+    timings = store.with_name(store.name + ".timings.json")
+    if store.is_dir() and timings.is_file():
+        recorded = json.loads(timings.read_text())
+        variant.build_s = recorded["build_s"]
+        variant.first_stage_share = recorded["first_stage_share"]
+        variant.bytes_per_point = store_bytes(store) / recorded["points"]
+        print(f"  reused {store} ({recorded['points']} points, build {variant.build_s:.1f}s)",
+              flush=True)  # fmt: skip
+        return
     report = colray.ingest(settings)
     variant.build_s = report.finalize["seconds"]
     embed_s = report.stages_s.get("embed", 0.0)
     variant.first_stage_share = (
         report.stages_s.get("first_stage", 0.0) / embed_s if embed_s else None
     )
-    variant.bytes_per_point = store_bytes(Path(settings.sink.path or "")) / report.points_in_store
+    variant.bytes_per_point = store_bytes(store) / report.points_in_store
+    timings.write_text(json.dumps({"build_s": variant.build_s, "points": report.points_in_store,
+                                   "first_stage_share": variant.first_stage_share}))  # fmt: skip
     print(f"  ingested {report.points_written} in {report.duration_s:.0f}s, "
           f"build {variant.build_s:.1f}s", flush=True)  # fmt: skip
 
@@ -282,7 +298,8 @@ def measure_size(
         variants.append(pooled)
     result["exact_ranks"] = exact
     result["variants"] = [v.__dict__ for v in variants]
-    shutil.rmtree(muvera_settings.sink.path or "", ignore_errors=True)
+    if not args.work:
+        shutil.rmtree(muvera_settings.sink.path or "", ignore_errors=True)
     return result
 
 
@@ -409,13 +426,20 @@ def main() -> None:
         help="queries timed for exact MaxSim (a full scan: slow at 100k)",
     )
     parser.add_argument("--out", default=str(DOCS / "first_stage.json"))
+    parser.add_argument(
+        "--work",
+        help="a folder for the corpora and stores, kept after the run (default: a temporary "
+        "one, removed); a run interrupted after its loads re-runs here without loading again",
+    )
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="colray-first-stage-"))
+    work = Path(args.work or tempfile.mkdtemp(prefix="colray-first-stage-"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         builds: dict[int, float] = {}  # HNSW builds on the multivector, each size once
         results = [measure_size(size, args, work, builds) for size in args.sizes]
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
     if args.merge:
         results = merged(json.loads(Path(args.merge).read_text()), results)
     Path(args.out).write_text(json.dumps(results))
