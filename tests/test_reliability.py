@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -282,6 +283,65 @@ def test_a_killed_embedder_actor_is_replaced_and_no_row_is_lost(
     assert replacement is not None, "the kill came after the work was done"
     report = result["report"]
     assert report.rows_read == report.points_written == report.points_in_store == 60
+
+
+def test_an_embedder_that_cannot_be_restarted_ends_the_run_cleanly_and_resumes(
+    ray_session, tmp_path, module_docs, tiny_colbert
+):
+    """The model goes from the embedder's machine mid-run (a wiped cache, a lost disk) and the
+    embedder is killed: Ray cannot restart it. The run ends with one `colray:` line, exit 1
+    and a report of what was done; once the model is back, the same job finishes the rest,
+    every row once."""
+    from colray.demo import write_corpus
+
+    model = Path(shutil.copytree(tiny_colbert.directory, tmp_path / "model"))
+    rows = [{**r, "doc_id": f"{r['doc_id']}-{n}"} for n in range(4) for r in module_docs[:120]]
+    corpus = write_corpus(rows, tmp_path / "docs", rows_per_file=60)
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "source": {"path": str(corpus), "text_column": "text", "id_column": "doc_id", "rows_per_block": 4},
+                "embed": {"model": str(model), "rows_per_call": 4},
+                "sink": {"kind": "edge", "path": str(tmp_path / "store")},
+                "run": {"dir": str(tmp_path / "runs"), "progress": False, "executor": "ray",
+                        "ray_address": ray_session.get_runtime_context().gcs_address},
+            }
+        )
+    )  # fmt: skip
+    command = [sys.executable, "-m", "colray.cli", "ingest", "--config", str(config)]
+    first = subprocess.Popen([*command, "--report", str(tmp_path / "first.json")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        logs = list((tmp_path / "runs").glob("resume/*/done.log"))
+        if logs and len(logs[0].read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.1)
+    assert first.poll() is None, "the run ended before its embedder could be taken away"
+    hidden = model.rename(tmp_path / "model-elsewhere")
+    embedders = _embedder_processes()
+    assert embedders, "no embedder actor found to kill"
+    for proc in embedders:
+        proc.send_signal(signal.SIGKILL)
+    _, stderr = first.communicate(timeout=300)
+
+    assert first.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr
+    said = [line for line in stderr.splitlines() if line.startswith("colray:")]
+    assert len(said) == 1 and "a Ray worker of the job failed" in said[0], stderr[-3000:]
+    report = json.loads((tmp_path / "first.json").read_text())
+    assert report["outcome"] == "failed"
+    assert 8 <= report["points_written"] < len(rows)
+
+    hidden.rename(model)
+    second = subprocess.run([*command, "--report", str(tmp_path / "second.json")],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads((tmp_path / "second.json").read_text())
+    assert again["skipped_existing"] >= report["points_written"]
+    assert again["points_written"] + again["skipped_existing"] == len(rows)
+    assert again["points_in_store"] == len(rows)  # every row once, none twice
 
 
 def test_a_killed_driver_resumes_without_redoing_or_duplicating(

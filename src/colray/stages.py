@@ -104,6 +104,10 @@ class EmbedStage:
                 todo.append(i)
         matrices: dict[int, np.ndarray] = {}
         truncated = [False] * len(texts)
+        if todo:
+            # Loaded outside the isolation: a model that cannot load fails the run, it does
+            # not dead-letter every row as if each one were at fault.
+            _ = self.embedder
         results = embed_isolating(self._encode, [texts[i] for i in todo])
         for i, result in zip(todo, results, strict=True):
             if isinstance(result, str):
@@ -204,7 +208,9 @@ class ImageEmbedStage:
         }
         columns: dict[str, list[bytes | None]] = {n: [None] * len(errors) for n in self.names}
         counts: dict[str, list[int]] = {n: [0] * len(errors) for n in self.names}
-        results = embed_isolating(self.embedder.embed_images, [images[i] for i in todo])
+        results: list[PageEmbedding | str] = []
+        if todo:  # the model loads here, outside the isolation, as for text
+            results = embed_isolating(self.embedder.embed_images, [images[i] for i in todo])
         for i, result in zip(todo, results, strict=True):
             arrays = result if isinstance(result, str) else self._arrays(result)
             if isinstance(arrays, str):
