@@ -404,7 +404,10 @@ def merged(
         if old is not None:
             names = {v["name"] for v in result["variants"]}  # type: ignore[attr-defined]
             kept = [v for v in old["variants"] if v["name"] not in names]  # type: ignore[attr-defined]
-            result = {**old, **result, "variants": result["variants"] + kept}  # type: ignore[operator]
+            builds = {**old.get("multivector_hnsw_build_s", {}),  # type: ignore[dict-item]
+                      **result.get("multivector_hnsw_build_s", {})}  # type: ignore[dict-item]  # fmt: skip
+            result = {**old, **result, "variants": result["variants"] + kept,  # type: ignore[operator]
+                      "multivector_hnsw_build_s": builds}  # fmt: skip
         by_size[result["size"]] = result
     return [by_size[size] for size in sorted(by_size)]  # type: ignore[type-var]
 

@@ -142,7 +142,7 @@ def test_two_stage_queries_are_exact_maxsim_over_their_candidates(
             assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         # The public search runs the same plan.
         plan = text_query_plan(settings.embed, 5)
-        assert plan.prefetch == ("text_muvera",) and plan.prefetch_limit == 800
+        assert plan.prefetch == ("text_muvera",) and plan.prefetch_limit == 1200
     finally:
         sink.close()
     assert colray.search(settings, module_docs[0]["text"][:80], limit=1)[0].payload["title"]
