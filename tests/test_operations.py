@@ -118,9 +118,7 @@ def test_runs_over_real_runs_of_every_outcome(tmp_path, module_docs, onnx_cache,
         failing = job("failing", good, kind="qdrant", url=server.url, collection="docs",
                       retry_attempts=1, max_failed_batches=1)  # fmt: skip
         assert main(["ingest", "-c", str(failing)]) == 1
-    # Enough rows that the run is still going when the Ctrl-C lands on a loaded machine.
-    many = [dict(r, doc_id=f"{r['doc_id']}#{k}") for k in range(4) for r in module_docs[:300]]
-    slow = job("slow", many)
+    slow = job("slow", [dict(r) for r in module_docs[:200]])
     command = [sys.executable, "-m", "colray.cli", "ingest", "-c", str(slow)]
     interrupted = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -136,8 +134,7 @@ def test_runs_over_real_runs_of_every_outcome(tmp_path, module_docs, onnx_cache,
     listed = json.loads(capsys.readouterr().out)
     assert [r["outcome"] for r in listed] == ["interrupted", "failed", "too_many_dead_letters",
                                               "succeeded"]  # fmt: skip
-    assert [r["written"] for r in listed][1:] == [0, 10, 10]
-    assert 8 <= listed[0]["written"] < len(many)
+    assert [r["written"] for r in listed][1:] == [0, 10, 10] and 8 <= listed[0]["written"] < 200
     assert listed[2]["dead_lettered"] == 10 and listed[3]["rows"] == 10
     assert main(["runs", "show", listed[1]["id"], "--dir", str(runs)]) == 0
     shown = capsys.readouterr().out
