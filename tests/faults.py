@@ -5,18 +5,36 @@ A job's driver writes local-mode stores, so tests hand it a FlakyClient (`colray
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 from qdrant_client import QdrantClient
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Processes started inside it take Ctrl-C (SIGINT) as a user's terminal would send it.
+
+    A shell starts background jobs with SIGINT ignored (CI's `bash .ci/run &`, nohup'd runs),
+    children inherit an ignored signal across exec, and Python then installs no
+    KeyboardInterrupt: the job under test would never see the Ctrl-C. A handled signal is
+    reset to the default across exec, so handling it here gives the child Python's default."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
 
 FAULT_RATE_ENV = "COLRAY_TEST_FAULT_RATE"
 FAULT_LOG_ENV = "COLRAY_TEST_FAULT_LOG"

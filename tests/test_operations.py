@@ -18,6 +18,7 @@ import pytest
 from colray.cli import main
 from colray.config import load_settings
 from colray.report import RunReport
+from faults import interruptible
 from qdrant_standin import Faults, QdrantStandIn, free_port
 
 # --- past runs -------------------------------------------------------------------------------
@@ -120,7 +121,8 @@ def test_runs_over_real_runs_of_every_outcome(tmp_path, module_docs, onnx_cache,
         assert main(["ingest", "-c", str(failing)]) == 1
     slow = job("slow", [dict(r) for r in module_docs[:200]])
     command = [sys.executable, "-m", "colray.cli", "ingest", "-c", str(slow)]
-    interrupted = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with interruptible():
+        interrupted = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not any(len(log.read_text().split()) >= 8 for log in runs.glob("resume/*/done.log")):
         assert interrupted.poll() is None and time.monotonic() < deadline

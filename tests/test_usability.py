@@ -19,6 +19,7 @@ from colray.cli import main
 from colray.config import ConfigError, SourceConfig, load_settings
 from colray.demo import write_corpus
 from colray.sources import resolve_source
+from faults import interruptible
 
 ROWS = [{"doc_id": f"d{i}", "text": f"document number {i} about zip archives"} for i in range(8)]
 
@@ -200,8 +201,9 @@ def test_an_interrupted_run_leaves_a_report_that_says_so(ray_session, tmp_path, 
         "run": {"dir": str(tmp_path / "runs"), "progress": False,
                 "ray_address": ray_session.get_runtime_context().gcs_address},
     }))  # fmt: skip
-    run = subprocess.Popen([sys.executable, "-m", "colray.cli", "ingest", "-c", str(job)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    with interruptible():
+        run = subprocess.Popen([sys.executable, "-m", "colray.cli", "ingest", "-c", str(job)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         logs = list((tmp_path / "runs").glob("resume/*/done.log"))
