@@ -5,12 +5,16 @@ fault injector (`tests/faults.py`): real exception types (timeouts, 429 with Ret
 500, 502, 503), half of them raised after the call was applied.
 Server: the job writes over HTTP through `sink.writers` actors into the tests' Qdrant stand-in
 (`tests/qdrant_standin.py`), which fails that share of its upserts with 500/502/503, 429 and
-dropped connections, half of them after applying the write.
+dropped connections, half of them after applying the write. The stand-in applies updates
+in order, each taking --apply-ms, as a server's update worker behind its write-ahead log;
+the server runs go once with `sink.upsert_wait: true` (each upsert answered once applied)
+and once with false (answered once queued, one barrier before indexing is switched on).
 Each run is its own Ray job in a subprocess; the tables show rows in and out, duplicates, the
 retries and the time overhead against the same path with no faults (the stand-in's own speed
 is not a server's: compare within a path).
 
     uv run --group bench python benchmarks/chaos.py [--rows 1000] [--rates 0,0.1,0.2,0.3]
+        [--writers 1,3] [--apply-ms 20] [--no-local]
 """
 
 from __future__ import annotations
@@ -92,22 +96,25 @@ def run_with_faults(work: Path, corpus: Path, rate: float) -> dict:
     }
 
 
-def run_against_server(work: Path, corpus: Path, rate: float, writers: int) -> dict:
+def run_against_server(
+    work: Path, corpus: Path, rate: float, writers: int, upsert_wait: bool, apply_s: float
+) -> dict:
     """The job through `writers` writer actors into the stand-in, failing `rate` of upserts."""
     from qdrant_client import QdrantClient
 
     from qdrant_standin import Faults, QdrantStandIn
 
-    run_dir = work / f"server-{writers}-{rate}"
+    run_dir = work / f"server-{writers}-{rate}-{upsert_wait}"
     run_dir.mkdir()
     faults = Faults(rate=rate, seed=int(rate * 100) + writers, paths=("/points",))
-    with QdrantStandIn(faults=faults) as server:
+    with QdrantStandIn(faults=faults, apply_s=apply_s) as server:
         config = run_dir / "job.yaml"
         config.write_text(json.dumps({
             "source": {"path": str(corpus), "text_column": "text", "id_column": "doc_id"},
             "embed": {"model": "minilm-token"},
             "sink": {"kind": "qdrant", "url": server.url, "collection": "docs",
-                     "writers": writers, "batch_size": 16, **FAST_RETRIES},
+                     "writers": writers, "batch_size": 16, "upsert_wait": upsert_wait,
+                     **FAST_RETRIES},
             "run": {"dir": str(run_dir / "runs"), "progress": False},
         }))  # fmt: skip
         out = run_dir / "report.json"
@@ -131,7 +138,8 @@ def run_against_server(work: Path, corpus: Path, rate: float, writers: int) -> d
         keys = [r.payload["_colray"]["key"] for r in records]
         largest = server.largest_body()
     return {
-        "path": f"server, {writers} writer{'s' * (writers > 1)}",
+        "path": f"server, {writers} writer{'s' * (writers > 1)}"
+        + ("" if upsert_wait else ", upsert_wait=false"),
         "rate": rate,
         "faults": injected,
         "retries": report["write_retries"],
@@ -181,6 +189,8 @@ def main() -> None:
     parser.add_argument("--rates", default="0,0.1,0.2,0.3")
     parser.add_argument("--writers", default="1,3", help="server path: writer actors per run")
     parser.add_argument("--no-local", action="store_true", help="only the server path")
+    parser.add_argument("--apply-ms", type=float, default=20.0,
+                        help="server path: the stand-in's time to apply one update")  # fmt: skip
     args = parser.parse_args()
     rates = [float(rate) for rate in args.rates.split(",")]
     rows = list(stdlib_docstrings(public_only=False))[: args.rows]
@@ -188,7 +198,11 @@ def main() -> None:
     corpus = write_corpus(rows, work / "corpus", rows_per_file=250)
     results = [] if args.no_local else [run_with_faults(work, corpus, rate) for rate in rates]
     for writers in (int(w) for w in args.writers.split(",") if w):
-        results += [run_against_server(work, corpus, rate, writers) for rate in rates]
+        for upsert_wait in (True, False):
+            results += [
+                run_against_server(work, corpus, rate, writers, upsert_wait, args.apply_ms / 1000)
+                for rate in rates
+            ]
     table(results)
     plot(results, DOCS / "chaos.png")
     worst = [r for r in results if r["rate"] == max(rates)]
@@ -197,8 +211,17 @@ def main() -> None:
     overheads = " ".join(
         f"overhead[{r['path']}]={r['seconds'] / base[r['path']]:.2f}x" for r in worst
     )
+    # upsert_wait=false against true, same writers, summed over the fault rates.
+    seconds: dict[str, float] = {}
+    for r in results:
+        seconds[r["path"]] = seconds.get(r["path"], 0.0) + r["seconds"]
+    no_wait = " ".join(
+        f"no_wait/wait[{path.split(', ')[1]}]={total / seconds[path.rsplit(', ', 1)[0]]:.2f}x"
+        for path, total in seconds.items()
+        if path.endswith("upsert_wait=false")
+    )
     print(f"fault_rate={max(rates):.2f} lost={lost} "
-          f"duplicates={sum(r['duplicates'] for r in results)} {overheads}")  # fmt: skip
+          f"duplicates={sum(r['duplicates'] for r in results)} {overheads} {no_wait}")  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
 
 

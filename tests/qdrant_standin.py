@@ -13,6 +13,7 @@ connections, half of them after the request was applied. Not shipped with colray
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import socket
@@ -97,6 +98,7 @@ class QdrantStandIn:
         faults: Faults | None = None,
         yellow_for_s: float = 0.0,
         upsert_delay_s: float = 0.0,
+        apply_s: float = 0.0,
         never_green: bool = False,
         rate_limit: tuple[int, int] | None = None,
     ):
@@ -104,6 +106,15 @@ class QdrantStandIn:
         self.faults = faults or Faults()
         self.yellow_for_s = yellow_for_s  # after indexing is switched on
         self.upsert_delay_s = upsert_delay_s  # a loaded server: each upsert takes this long
+        # A server's update worker: with apply_s > 0, updates are applied one at a time in
+        # arrival order, each taking apply_s; `wait=true` answers once applied, `wait=false`
+        # once queued ("acknowledged", as Qdrant answers after its write-ahead log), and reads
+        # see only what was applied. 0 applies before answering, whatever `wait` says.
+        self.apply_s = apply_s
+        self._pending: asyncio.Queue | None = None
+        self._applier: asyncio.Task | None = None
+        self.acknowledged = 0  # updates answered before they were applied
+        self._unapplied = 0
         self.never_green = never_green
         # Strict mode: at most this many upserts a second, else 429 with Retry-After seconds.
         self.rate_limit = rate_limit
@@ -143,6 +154,9 @@ class QdrantStandIn:
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", self.port)
             self._loop.run_until_complete(site.start())
+            if self.apply_s:
+                self._pending = asyncio.Queue()
+                self._applier = self._loop.create_task(self._apply_in_order())
             ready.set()
             self._loop.run_forever()
 
@@ -156,6 +170,8 @@ class QdrantStandIn:
             return
         future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
         future.result(30)
+        if self._applier is not None:
+            asyncio.run_coroutine_threadsafe(self._stop_applying(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         assert self._thread is not None
         self._thread.join(10)
@@ -182,7 +198,7 @@ class QdrantStandIn:
             self._limit_rate(request)
             kind, apply_first = self.faults.roll(request.method, request.path, body)
             if kind is not None and apply_first:
-                self._route(request.method, request.path, request.query, body)
+                self._route(request.method, request.path, request.query, body)  # or queued
             if kind is not None:
                 self.faults.injected[f"{kind} {'after' if apply_first else 'before'}"] += 1
                 if kind == "drop":
@@ -193,6 +209,8 @@ class QdrantStandIn:
                     {"Retry-After": "0"} if kind in ("429", "503") else {},
                 )
             payload = self._route(request.method, request.path, request.query, body)
+            if isinstance(payload, asyncio.Future):  # wait=true behind the update queue
+                payload = await payload
         except Refused as exc:
             status, headers = exc.status, exc.headers
             error = {"status": {"error": exc.message}, "time": 0.0}
@@ -351,11 +369,55 @@ class QdrantStandIn:
                         f"Wrong input: multivector {vector_name!r} has {floats} values, more "
                         f"than the limit of {MAX_MULTIVECTOR_FLOATS}",
                     )
-        return _dump(self.engine.upsert(name, points=request.points, wait=True))
+        return self._queue_update(
+            name, query, lambda: self.engine.upsert(name, points=request.points)
+        )
 
     def _delete(self, name: str, data: Any, query: Any) -> Any:
-        selector = models.PointIdsList.model_validate(data)
-        return _dump(self.engine.delete(name, points_selector=selector, wait=True))
+        kind = models.FilterSelector if "filter" in data else models.PointIdsList
+        selector = kind.model_validate(data)
+        return self._queue_update(
+            name, query, lambda: self.engine.delete(name, points_selector=selector)
+        )
+
+    def _queue_update(self, name: str, query: Any, apply: Callable[[], Any]) -> Any:
+        """An update applied now, or queued behind the others (see apply_s): then a future
+        the handler awaits for `wait=true`, else Qdrant's "acknowledged" answer."""
+        if not self.apply_s:
+            return _dump(apply())
+        assert self._pending is not None and self._loop is not None
+        future = self._loop.create_future()
+        self._pending.put_nowait((apply, future))
+        self._unapplied += 1
+        if query.get("wait", "false").lower() == "true":
+            return future
+        self.acknowledged += 1
+        return {"operation_id": self.acknowledged, "status": "acknowledged"}
+
+    async def _apply_in_order(self) -> None:
+        assert self._pending is not None
+        while True:
+            apply, future = await self._pending.get()
+            await asyncio.sleep(self.apply_s)
+            try:
+                result = _dump(apply())
+            except Exception as exc:  # failed while applying: only a waiting client hears
+                self.errors.append(f"apply: {type(exc).__name__}: {exc}")
+                future.set_exception(exc)
+                future.exception()  # retrieved: nobody may be waiting
+            else:
+                future.set_result(result)
+            self._unapplied -= 1
+
+    async def _stop_applying(self) -> None:
+        assert self._applier is not None
+        self._applier.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._applier
+
+    def unapplied(self) -> int:
+        """Updates queued and not yet applied."""
+        return self._unapplied
 
     def _scroll(self, name: str, data: Any, query: Any) -> Any:
         request = models.ScrollRequest.model_validate(data)

@@ -188,6 +188,35 @@ def test_a_strict_mode_rate_limit_is_waited_out_as_the_server_asks():
     assert sum(r.status == 200 for r in upserts) == 12
 
 
+@pytest.mark.parametrize("upsert_wait", [True, False])
+def test_upserts_answered_once_queued_are_all_applied_before_indexing(upsert_wait):
+    """A server applies updates in order, behind its write-ahead log: with upsert_wait false
+    the writes are answered before they are applied (half of them also failing, before or
+    after being queued), and finalize's barrier still counts every point, each once."""
+    faults = Faults(rate=0.5, seed=1, paths=("/points",), methods=("PUT",))
+    with QdrantStandIn(faults=faults, apply_s=0.03) as server:
+        config = SinkConfig(kind="qdrant", url=server.url, collection="c", batch_size=2,
+                            upsert_wait=upsert_wait, **FAST_RETRIES)  # fmt: skip
+        sink = QdrantSink(config, [VectorSpec("text", 8)])
+        sink.prepare()
+        rng = np.random.default_rng(0)
+        points = [Point(point_id("t", str(i)), {"text": rng.normal(size=(3, 8)).astype(np.float32)})
+                  for i in range(40)]  # fmt: skip
+        for i in range(0, len(points), 2):
+            sink.write(points[i : i + 2])
+        queued = server.unapplied()
+        result = sink.finalize()
+        faults.rate = 0.0
+        assert result.status == "green" and result.points == sink.count() == 40
+        sink.close()
+    assert server.unapplied() == 0 and server.errors == []
+    assert sum(faults.injected.values()) >= 5, faults.injected
+    if upsert_wait:  # every answer came after its write was applied
+        assert queued == 0 and server.acknowledged == 0
+    else:
+        assert queued > 0 and server.acknowledged >= 20
+
+
 def test_finalize_waits_through_yellow_with_the_servers_progress():
     with QdrantStandIn(yellow_for_s=2.0) as server:
         sink = sink_for(server)

@@ -336,6 +336,12 @@ class SinkConfig(_Section):
         description="CPUs each writer actor reserves (they serialize the points); 0 lets them "
         "share a node's CPUs with the embedders.",
     )
+    upsert_wait: bool = Field(
+        default=True,
+        description="qdrant: each upsert is answered once applied (Qdrant's wait=true). false: "
+        "once queued in the server's write-ahead log, with one wait=true barrier before "
+        "indexing is switched on (README, Retries: exact under faults, no faster here).",
+    )
     prefer_grpc: bool = False
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout.")
     indexing_threshold_kb: int = Field(

@@ -234,12 +234,26 @@ class QdrantSink:
             )
             for p in points
         ]
-        self._call(self.client.upsert, self.collection, points=structs, wait=True)
+        self._call(self.client.upsert, self.collection, points=structs, wait=self.cfg.upsert_wait)
+
+    def _barrier(self) -> None:
+        """Wait until every update queued before now is applied: a shard applies updates in
+        order, so a waited-for no-op comes back after all of them. A filter no point matches
+        reaches every shard (an empty id list reaches none and is refused)."""
+        nothing = models.FieldCondition(key="_colray.barrier", match=models.MatchValue(value=1))
+        self._call(
+            self.client.delete,
+            self.collection,
+            points_selector=models.FilterSelector(filter=models.Filter(must=[nothing])),
+            wait=True,
+        )
 
     def finalize(
         self, *, progress: bool = False, on_progress: Callable[[dict[str, Any]], None] | None = None
     ) -> FinalizeResult:
         start = time.perf_counter()
+        if not self.cfg.upsert_wait:
+            self._barrier()
         self._call(
             self.client.update_collection,
             self.collection,
