@@ -198,7 +198,8 @@ class QdrantStandIn:
             self._limit_rate(request)
             kind, apply_first = self.faults.roll(request.method, request.path, body)
             if kind is not None and apply_first:
-                self._route(request.method, request.path, request.query, body)  # or queued
+                # Applied (or, behind the update queue, queued) before the fault answers.
+                self._route(request.method, request.path, request.query, body)
             if kind is not None:
                 self.faults.injected[f"{kind} {'after' if apply_first else 'before'}"] += 1
                 if kind == "drop":
@@ -369,18 +370,14 @@ class QdrantStandIn:
                         f"Wrong input: multivector {vector_name!r} has {floats} values, more "
                         f"than the limit of {MAX_MULTIVECTOR_FLOATS}",
                     )
-        return self._queue_update(
-            name, query, lambda: self.engine.upsert(name, points=request.points)
-        )
+        return self._queue_update(query, lambda: self.engine.upsert(name, points=request.points))
 
     def _delete(self, name: str, data: Any, query: Any) -> Any:
         kind = models.FilterSelector if "filter" in data else models.PointIdsList
         selector = kind.model_validate(data)
-        return self._queue_update(
-            name, query, lambda: self.engine.delete(name, points_selector=selector)
-        )
+        return self._queue_update(query, lambda: self.engine.delete(name, points_selector=selector))
 
-    def _queue_update(self, name: str, query: Any, apply: Callable[[], Any]) -> Any:
+    def _queue_update(self, query: Any, apply: Callable[[], Any]) -> Any:
         """An update applied now, or queued behind the others (see apply_s): then a future
         the handler awaits for `wait=true`, else Qdrant's "acknowledged" answer."""
         if not self.apply_s:
