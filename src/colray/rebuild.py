@@ -61,30 +61,50 @@ def reindex(
             )
             report.reindex = _summary(cfg.kind, versions, "incremental", live, live, [])
         else:
-            version = new_version_name()
-            try:
-                report = _ingest_into(
-                    settings, versions, version, report_path, incremental, client, origin,
-                    on_progress,
-                )  # fmt: skip
-            except BaseException:
-                # Never served, and a rerun builds a version of its own: nothing to keep.
-                _drop_quietly(versions, version)
-                raise
-            if plain:  # the one gap: from here until the switch, the name resolves to nothing
-                live = versions.retire_plain()
-            versions.switch(version)
-            dropped = _retire(versions, version, live, cfg.keep_versions)
-            report.reindex = _summary(cfg.kind, versions, "rebuild", version, live, dropped)
-            if plain:
-                report.reindex["adopted"] = live or "the plain collection, deleted"
-            if migrating:
-                report.reindex["layout_changed"] = migrating
+            report = _rebuild(
+                settings, versions, live, plain, migrating, report_path, incremental, client,
+                origin, on_progress,
+            )  # fmt: skip
         report.save()
         return report
     finally:
         if owned is not None:
             owned.close()
+
+
+def _rebuild(
+    settings: Settings,
+    versions: Versions,
+    live: str | None,
+    plain: bool,
+    migrating: list[str],
+    report_path: str | os.PathLike[str] | None,
+    incremental: bool,
+    client: Any,
+    origin: RunOrigin | None,
+    on_progress: Callable[[dict[str, Any]], None] | None,
+) -> RunReport:
+    """Load a new version, then switch the stable name to it and retire the oldest."""
+    cfg = settings.sink
+    version = new_version_name()
+    try:
+        report = _ingest_into(
+            settings, versions, version, report_path, incremental, client, origin, on_progress
+        )
+    except BaseException:
+        # Never served, and a rerun builds a version of its own: nothing to keep.
+        _drop_quietly(versions, version)
+        raise
+    if plain:  # the one gap: from here until the switch, the name resolves to nothing
+        live = versions.retire_plain()
+    versions.switch(version)
+    dropped = _retire(versions, version, live, cfg.keep_versions)
+    report.reindex = _summary(cfg.kind, versions, "rebuild", version, live, dropped)
+    if plain:
+        report.reindex["adopted"] = live or "the plain collection, deleted"
+    if migrating:
+        report.reindex["layout_changed"] = migrating
+    return report
 
 
 def _ingest_into(
