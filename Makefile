@@ -1,5 +1,7 @@
 # `make demo` and `make test` install what they need first: uv (bootstrapped from PyPI into
-# .tools/ when it is not on PATH), then the locked environment (`uv sync --frozen`).
+# .tools/ when it is not on PATH), then the locked environment (`uv sync --frozen --compile-bytecode`:
+# with PYTHONDONTWRITEBYTECODE set, as on this project's machines, every Ray worker would
+# otherwise compile numpy, pandas and Ray from source at each start).
 SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
@@ -11,7 +13,7 @@ $(CURDIR)/.tools/bin/uv:
 	$(CURDIR)/.tools/bin/pip install --quiet --disable-pip-version-check uv
 
 install: $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 
 demo: install
 	$(UV) run --frozen colray demo
