@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from colray.config import ConfigError, SourceConfig
-from colray.rows import ID, KEY, LOCATION, point_id
+from colray.rows import ID, KEY, LOCATION, binary_array, point_id
 from colray.sources import read_dataset, read_piece, resolve_source
 
 ROWS = [
@@ -168,3 +168,13 @@ def test_docstring_corpus_keeps_tests_and_private_modules_apart(tmp_path) -> Non
     aside = [row["doc_id"] for row in python_docstrings(tmp_path, set_aside=True)]
     assert library == ["pkg.api", "pkg.tools"]
     assert aside == ["pkg._internal", "tests.test_pkg"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[b"page", None, b"", b"pixels" * 1000], [b"one"], [], [None, None], [b"x"] * 9 + [None]],
+)
+def test_a_binary_column_built_in_one_copy_equals_arrows_own(values):
+    built = binary_array(values)
+    built.validate(full=True)
+    assert built.equals(pa.array(values, pa.binary())) and built.to_pylist() == values

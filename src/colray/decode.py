@@ -21,6 +21,7 @@ from colray.rows import (
     HEIGHT,
     PIXELS,
     WIDTH,
+    binary_array,
     reason,
     with_stage_seconds,
 )
@@ -86,7 +87,7 @@ def decode_images(
     out = table.drop_columns([image_column, ERROR])
     out = (
         out.append_column(ERROR, pa.array(errors, pa.string()))
-        .append_column(PIXELS, pa.array(pixels, pa.binary()))
+        .append_column(PIXELS, binary_array(pixels))
         .append_column(WIDTH, pa.array(widths, pa.int32()))
         .append_column(HEIGHT, pa.array(heights, pa.int32()))
     )

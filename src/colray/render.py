@@ -40,6 +40,7 @@ from colray.rows import (
     SPLIT_SECONDS,
     UNCHANGED,
     WIDTH,
+    binary_array,
     page_key,
     point_id,
     reason,
@@ -265,7 +266,7 @@ def render_pages(
             document.close()
     out = with_errors(table.drop_columns([PAGE_SOURCE, PAGE_PDF]), errors)
     out = (
-        out.append_column(PIXELS, pa.array(pixels, pa.binary()))
+        out.append_column(PIXELS, binary_array(pixels))
         .append_column(WIDTH, pa.array(widths, pa.int32()))
         .append_column(HEIGHT, pa.array(heights, pa.int32()))
         .append_column(PAGE_TEXT, pa.array(texts, pa.string()))

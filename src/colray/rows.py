@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -191,11 +192,32 @@ def with_stage_seconds(table: pa.Table, column: str, seconds: float) -> pa.Table
     return table.append_column(column, pa.array([share] * table.num_rows, pa.float64()))
 
 
+def binary_array(values: list[bytes | None]) -> pa.Array:
+    """Large byte strings (pages' pixels, multivectors) as one Arrow binary array, copied once.
+
+    `pa.array` appends them through a growing builder: in a fresh Ray worker that cost about
+    as much per page as a quarter of the PNG decode (benchmarks/documents.py's profile); one
+    `bytes.join` into a buffer Arrow wraps without a copy does not.
+    """
+    sizes = [0 if v is None else len(v) for v in values]
+    if sum(sizes) >= 2**31:  # past int32 offsets: the builder splits it into chunks
+        return pa.array(values, pa.binary())
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    data = pa.py_buffer(b"".join(v for v in values if v is not None))
+    present = np.array([v is not None for v in values], np.bool_)
+    if present.all():
+        return pa.Array.from_buffers(pa.binary(), len(values), [None, pa.py_buffer(offsets), data])
+    validity = pa.py_buffer(np.packbits(present, bitorder="little"))
+    return pa.Array.from_buffers(pa.binary(), len(values), [validity, pa.py_buffer(offsets), data],
+                                 null_count=int((~present).sum()))  # fmt: skip
+
+
 def with_vectors(
     table: pa.Table, name: str, vectors: list[bytes | None], counts: list[int]
 ) -> pa.Table:
     """The table with a named vector's bytes and counts columns appended."""
-    return table.append_column(vectors_column(name), pa.array(vectors, pa.binary())).append_column(
+    return table.append_column(vectors_column(name), binary_array(vectors)).append_column(
         count_column(name), pa.array(counts, pa.int32())
     )
 
