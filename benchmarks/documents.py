@@ -107,29 +107,39 @@ def raw_decode(images: list[bytes]) -> tuple[int, float, float]:
     return len(images), time.perf_counter() - start, time.process_time() - cpu
 
 
-def workers_cpu_s() -> float:
-    """CPU seconds so far of this Ray node's worker processes (the raylet's `ray::...`
-    children), which run a stage's tasks: work per page that Ray's scheduling (workers run
-    at nice 15) or a busy machine cannot inflate, as wall time inside a task is."""
+# Ray's own processes among the raylet's children: the dashboard's agents and Ray Data's
+# bookkeeping actors, which a run also keeps busy but which run no stage's code.
+RAY_SERVICES = ("ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::_")
+
+
+def workers_cpu_s() -> tuple[float, float]:
+    """CPU seconds so far of this Ray node's task workers (the raylet's `ray::...` children
+    that run tasks and actors) and of Ray's service processes beside them: work per page
+    that Ray's scheduling (workers run at nice 15) or a busy machine cannot inflate, as wall
+    time inside a task is."""
     import psutil
     import ray
 
     (raylet,) = ray._private.worker._global_node.all_processes["raylet"]
-    total = 0.0
+    tasks = services = 0.0
     for proc in psutil.Process(raylet.process.pid).children(recursive=True):
         try:
-            if (proc.cmdline() or [""])[0].startswith("ray::"):
+            title = (proc.cmdline() or [""])[0]
+            if title.startswith("ray::"):
                 times = proc.cpu_times()
-                total += times.user + times.system
+                if title.startswith(RAY_SERVICES):
+                    services += times.user + times.system
+                else:
+                    tasks += times.user + times.system
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return total
+    return tasks, services
 
 
-def stage_only(settings, stage: str) -> tuple[int, float, float, float]:
+def stage_only(settings, stage: str) -> tuple[int, float, float, float, float]:
     """Pages, seconds of the stage per page summed over its tasks, the run's wall time, and
-    the CPU seconds its worker processes spent: the pipeline up to the CPU stage (read tasks
-    included), its output counted and dropped."""
+    the CPU seconds its task workers and Ray's service processes spent: the pipeline up to
+    the CPU stage (read tasks included), its output counted and dropped."""
     import ray
 
     from colray.job import prepare_job
@@ -138,7 +148,7 @@ def stage_only(settings, stage: str) -> tuple[int, float, float, float]:
     from colray.sources import SkipRules, read_dataset
 
     job = prepare_job(settings)
-    start, cpu = time.perf_counter(), workers_cpu_s()
+    start, (cpu, services) = time.perf_counter(), workers_cpu_s()
     with ray_data_context(settings.run):
         dataset = read_dataset(job.source, SkipRules())
         if stage == "render":
@@ -158,7 +168,9 @@ def stage_only(settings, stage: str) -> tuple[int, float, float, float]:
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             pages += batch.num_rows
             seconds += sum(float(pa.compute.sum(batch.column(c)).as_py() or 0) for c in columns)
-    return pages, seconds, time.perf_counter() - start, workers_cpu_s() - cpu
+    tasks_after, services_after = workers_cpu_s()
+    return (pages, seconds, time.perf_counter() - start, tasks_after - cpu,
+            services_after - services)  # fmt: skip
 
 
 def main() -> None:
@@ -200,20 +212,21 @@ def main() -> None:
             update={"image": settings.image.model_copy(update=one_at_a_time)}
         )
         stage_only(alone, stage)  # the workers started and warm: what follows is per page
-        stage_pages, stage_s, _, stage_cpu = stage_only(alone, stage)
-        wide_pages, _, wall, _ = stage_only(settings, stage)
+        stage_pages, stage_s, _, stage_cpu, services_cpu = stage_only(alone, stage)
+        wide_pages, _, wall, _, _ = stage_only(settings, stage)
         rows.append((name, pages / seconds, stage_pages / stage_s, wide_pages / wall,
-                     pages / raw_cpu, stage_pages / stage_cpu))  # fmt: skip
+                     pages / raw_cpu, stage_pages / stage_cpu,
+                     1000 * services_cpu / stage_pages))  # fmt: skip
     report = None if args.no_job else colray.ingest(pdf_settings)
     print("\n| stage | raw library pages/s (1 core) | colray stage pages/s per core | ratio | "
-          "raw pages per CPU second | stage pages per worker CPU second | ratio | "
-          "pipeline to the stage, pages/s on this machine |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "raw pages per CPU second | stage pages per task-worker CPU second | ratio | "
+          "Ray's services, CPU ms per page | pipeline to the stage, pages/s on this machine |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     ratios = []
-    for name, raw_rate, stage_rate, wall_rate, raw_per_cpu, stage_per_cpu in rows:
+    for name, raw_rate, stage_rate, wall_rate, raw_per_cpu, stage_per_cpu, services in rows:
         print(f"| {name} | {raw_rate:.1f} | {stage_rate:.1f} | {stage_rate / raw_rate:.2f} | "
               f"{raw_per_cpu:.1f} | {stage_per_cpu:.1f} | {stage_per_cpu / raw_per_cpu:.2f} | "
-              f"{wall_rate:.1f} |")  # fmt: skip
+              f"{services:.1f} | {wall_rate:.1f} |")  # fmt: skip
         ratios.append(f"{name.split()[0]}_stage/raw={stage_rate / raw_rate:.2f}")
         ratios.append(f"{name.split()[0]}_cpu/raw={stage_per_cpu / raw_per_cpu:.2f}")
     if report is not None:
