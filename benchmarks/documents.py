@@ -127,10 +127,11 @@ def workers_cpu_s() -> tuple[float, float]:
             title = (proc.cmdline() or [""])[0]
             if title.startswith("ray::"):
                 times = proc.cpu_times()
+                spent = times.user + times.system
                 if title.startswith(RAY_SERVICES):
-                    services += times.user + times.system
+                    services += spent
                 else:
-                    tasks += times.user + times.system
+                    tasks += spent
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return tasks, services
