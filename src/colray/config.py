@@ -274,8 +274,9 @@ class ImageConfig(_Compute):
     render_dpi: float | None = Field(
         default=None,
         gt=0,
-        description="PDF pages are rendered straight to the model's pixel budget; this caps the "
-        "resolution (DPI) below it. Models without a budget render at 150 DPI.",
+        description="PDF pages are drawn straight onto the grid of the model's pixel budget; "
+        "this caps the resolution (DPI) the grid is chosen from below it (fewer patches for "
+        "budget models). Models without a budget render at 150 DPI.",
     )
     pooled: bool = Field(
         default=True,
