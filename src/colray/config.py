@@ -269,7 +269,7 @@ class ImageConfig(_Compute):
         default=40_000_000,
         gt=0,
         description="Images with more pixels are refused before decoding (bomb guard); PDF "
-        "pages that would render to more are refused before rendering.",
+        "pages with more at the model's scale are refused before drawing.",
     )
     render_dpi: float | None = Field(
         default=None,

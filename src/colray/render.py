@@ -317,8 +317,8 @@ def _grid(
     if size[0] * size[1] > max_pixels:
         raise DocumentRejected(
             "PageTooLarge",
-            f"the page would render to {size[0]}x{size[1]} = {size[0] * size[1]} pixels, "
-            f"more than image.max_pixels ({max_pixels})",
+            f"at the model's scale the page is {size[0]}x{size[1]} = {size[0] * size[1]} "
+            f"pixels, more than image.max_pixels ({max_pixels})",
         )
     try:  # pypdfium2's render at a scale rounds the size up
         return geometry.target_size(math.ceil(width * scale), math.ceil(height * scale))
