@@ -125,6 +125,6 @@ def test_ray_uv_repackaging_is_off_by_default() -> None:
 @pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/*.yaml")))
 def test_shipped_configs_are_valid(path: Path) -> None:
     settings = load_settings(path)
-    assert settings.source.text_column or settings.source.image_column
-    if settings.source.image_column:
+    assert settings.source.text_column or settings.source.image_column or settings.source.documents
+    if settings.source.image_column or settings.source.documents:
         assert settings.image.model
