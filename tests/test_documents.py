@@ -312,3 +312,51 @@ def test_pdf_sources_of_every_shape_and_a_render_dpi_cap(
     image = drawn_at_grid(page, job.image_model.geometry, 8 / 72)
     (expected,) = ColPaliFamilyEmbedder(job.image_model, capped.image).embed_images([image])
     np.testing.assert_allclose(first.vectors["page"], expected.vectors, atol=1e-4)
+
+
+def test_a_page_pdfium_fails_to_draw_is_that_page_only(tmp_path, pdfs, vision_models, monkeypatch):
+    """The render stage draws a task's pages into one buffer: a page refused before drawing
+    and a page whose drawing fails get their reasons, and every other page keeps exactly its
+    own pixels (the slices stay aligned)."""
+    import colray.render as render
+    from colray.plan import page_steps
+    from colray.rows import ERROR, HEIGHT, PIXELS, WIDTH
+    from colray.sources import SkipRules, read_pieces
+
+    root = write_pdfs(tmp_path / "pdfs", pdfs)
+    settings = settings_for(tmp_path, {"path": str(root), "format": "pdf"},
+                            ENGINES["edge"](tmp_path), vision_models["colqwen2"], "unused")  # fmt: skip
+    job = prepare_job(settings)
+    split, draw = page_steps(job, SkipRules())
+    pages = pa.concat_tables(
+        part for block in read_pieces(job.source, job.source.pieces, SkipRules())
+        for part in split.fn(block, **split.kwargs)
+    )  # fmt: skip
+    assert pages.num_rows == 5
+    drawn = draw.fn(pages, **draw.kwargs)
+    assert drawn.column(ERROR).null_count == 5
+    real_draw, calls = render.draw_page, []
+
+    def failing_second(page, width, height, into):
+        calls.append(width)
+        if len(calls) == 2:
+            raise RuntimeError("PDFium could not draw this page")
+        real_draw(page, width, height, into)
+
+    monkeypatch.setattr(render, "draw_page", failing_second)
+    # The first page failed before drawing, the third fails while PDFium draws it.
+    errors = pages.column(ERROR).to_pylist()
+    errors[0] = "render: PageTooLarge: refused for the test"
+    column = pages.schema.get_field_index(ERROR)
+    out = draw.fn(pages.set_column(column, ERROR, pa.array(errors, pa.string())), **draw.kwargs)
+    assert len(calls) == 4
+    reasons = out.column(ERROR).to_pylist()
+    assert reasons[0] == errors[0] and reasons[2].startswith("render: RenderFailed: RuntimeError")
+    assert [r is None for r in reasons] == [False, True, False, True, True]
+    pixels = out.column(PIXELS).to_pylist()
+    assert pixels[0] is None and pixels[2] is None
+    for i in (1, 3, 4):
+        assert pixels[i] == drawn.column(PIXELS)[i].as_py(), i
+        assert out.column(WIDTH)[i].as_py() == drawn.column(WIDTH)[i].as_py()
+        assert out.column(HEIGHT)[i].as_py() == drawn.column(HEIGHT)[i].as_py()
+    assert out.column(WIDTH)[2].as_py() == out.column(HEIGHT)[2].as_py() == 0

@@ -260,7 +260,7 @@ def render_pages(
                 errors[i] = reason(RENDER, "RenderFailed", f"{type(exc).__name__}: {exc}")
             if errors[i] is not None:
                 grids[i] = None
-        pixels = _draw_pages(pages, grids)
+        pixels = _draw_pages(pages, grids, errors)
     finally:
         for page in pages.values():
             page.close()
@@ -276,11 +276,14 @@ def render_pages(
     return with_stage_seconds(out, RENDER_SECONDS, time.perf_counter() - start)
 
 
-def _draw_pages(pages: dict[int, Any], grids: list[tuple[int, int] | None]) -> pa.Array:
+def _draw_pages(
+    pages: dict[int, Any], grids: list[tuple[int, int] | None], errors: list[str | None]
+) -> pa.Array:
     """Every page drawn by PDFium into its slice of one white buffer that becomes the pixel
     column as it is: no copy per page (two 1.8 MB copies a page were most of the stage once
-    PDFium drew straight at the grid)."""
+    PDFium drew straight at the grid). A page PDFium fails on gets its reason, that page only."""
     sizes = [None if g is None else g[0] * g[1] * 3 for g in grids]
+    valid = [s is not None for s in sizes]
     data = np.full(sum(s or 0 for s in sizes), 255, np.uint8)
     offset = 0
     for i, size in enumerate(sizes):
@@ -288,9 +291,13 @@ def _draw_pages(pages: dict[int, Any], grids: list[tuple[int, int] | None]) -> p
             continue
         grid = grids[i]
         assert grid is not None
-        draw_page(pages[i], *grid, into=memoryview(data)[offset : offset + size])
+        try:
+            draw_page(pages[i], *grid, into=memoryview(data)[offset : offset + size])
+        except Exception as exc:
+            errors[i] = reason(RENDER, "RenderFailed", f"{type(exc).__name__}: {exc}")
+            valid[i], grids[i] = False, None
         offset += size
-    return binary_column(data, sizes)
+    return binary_column(data, sizes, valid)
 
 
 def _open_page_source(path: str | None, single: bytes | None, opened: dict[str, Any]) -> Any:

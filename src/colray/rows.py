@@ -205,13 +205,14 @@ def binary_array(values: list[bytes | None]) -> pa.Array:
     return binary_column(b"".join(v for v in values if v is not None), sizes)
 
 
-def binary_column(data: Any, sizes: list[int | None]) -> pa.Array:
+def binary_column(data: Any, sizes: list[int | None], valid: list[bool] | None = None) -> pa.Array:
     """An Arrow binary array over `data` (any buffer, wrapped without a copy), which holds the
-    values end to end in order; a None size is a missing value, taking no bytes."""
+    values end to end in order; a None size is a missing value, taking no bytes, and a False
+    in `valid` one whose bytes are there but unused."""
     lengths = np.array([s or 0 for s in sizes], np.int64)
     offsets = np.zeros(len(sizes) + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    present = np.array([s is not None for s in sizes], np.bool_)
+    present = np.array(valid if valid is not None else [s is not None for s in sizes], np.bool_)
     missing = len(sizes) - int(present.sum())
     validity = pa.py_buffer(np.packbits(present, bitorder="little")) if missing else None
     return pa.Array.from_buffers(pa.binary(), len(sizes), [validity, pa.py_buffer(offsets),
